@@ -1,0 +1,54 @@
+"""The ``mqttbuffer`` command: run the daemon in the foreground, or check a config."""
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from mqttbuffer import __version__
+from mqttbuffer.config import EX_CONFIG, ConfigError, load_config
+from mqttbuffer.logs import setup_logging
+from mqttbuffer.store import Store, StoreError
+
+DEFAULT_CONFIG = "/etc/mqttbuffer/config.yaml"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="mqttbuffer",
+        description="Store-and-forward daemon: MQTT broker -> durable SQLite spool -> HTTP API.",
+    )
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                        help=f"YAML or JSON config file (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, print the effective config with secrets redacted, and exit")
+    parser.add_argument("--version", action="version", version=f"mqttbuffer {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mqttbuffer: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    if args.check:
+        sys.stdout.write(yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False, default_flow_style=False))
+        return 0
+    setup_logging(cfg.logging.level, cfg.secrets())
+    try:
+        # Opened once before forking to create the schema and fail early; the supervisor keeps no
+        # connection, each worker opens its own.
+        Store.open(cfg.buffer.persist_file).close()
+    except StoreError as exc:
+        print(f"mqttbuffer: {args.config}: buffer.persist_file: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    from mqttbuffer.supervisor import Supervisor
+
+    return Supervisor(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

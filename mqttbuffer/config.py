@@ -1,0 +1,221 @@
+"""The configuration: its schema, loading from YAML or JSON, defaults, and redacted dumps.
+
+Every problem becomes a ConfigError whose text is one line, ``FILE: dotted.key: reason``; the
+command line turns it into exit code 78 (EX_CONFIG), which systemd units keep from restarting.
+"""
+
+import difflib
+import json
+import os
+import re
+import types
+
+import yaml
+
+from mqttbuffer import validators as v
+
+EX_CONFIG = 78
+REDACTED = "***"
+SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
+
+REQUIRED = object()
+
+
+class ConfigError(Exception):
+    """A config problem, to be shown as one line and ended with exit code 78."""
+
+    def __init__(self, path, key, reason):
+        super().__init__(path, key, reason)
+        self.path, self.key, self.reason = path, key, reason
+
+    def __str__(self):
+        return f"{self.path}: {self.key}: {self.reason}" if self.key else f"{self.path}: {self.reason}"
+
+
+def _valid_qos(value):
+    if value == 2 and not isinstance(value, bool):
+        raise ValueError(
+            "QoS 2 cannot be made crash-safe (the broker is told PUBREC before the message reaches"
+            " disk), so mqttbuffer subscribes with QoS 1 at most; use 1, got 2"
+        )
+    return v.int_range(0, 1)(value)
+
+
+_TLS = {
+    "ca_file": ("", v.valid_string),
+    "cert_file": ("", v.valid_string),
+    "key_file": ("", v.valid_string),
+    "insecure": (False, v.valid_bool),
+}
+
+# section -> key -> (default, validator); a nested dict is a sub-section.
+SCHEMA = {
+    "mqtt": {
+        "broker": ("tcp://127.0.0.1:1883", v.valid_broker_url),
+        "client_id": ("", v.valid_string),
+        "username": ("", v.valid_string),
+        "password": ("", v.valid_string),
+        "reconnect_interval": (5.0, v.valid_float_gt0),
+        "max_reconnect_interval": (60.0, v.valid_float_gt0),
+        "qos": (1, _valid_qos),
+        "protocol": ("5", v.one_of("5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
+        "keepalive": (60, v.int_range(5, 65535)),
+        "session_expiry": (7 * 24 * 3600, v.int_range(0, 0xFFFFFFFF)),
+        "receive_maximum": (1000, v.int_range(1, 65535)),
+        "tls": _TLS,
+    },
+    "api": {
+        "url": (REQUIRED, v.valid_http_url),
+        "key": ("", v.valid_string),
+        "timeout": (30.0, v.valid_float_gt0),
+    },
+    "buffer": {
+        "max_size": (1_000_000, v.int_range(1)),
+        "persist_file": ("", v.valid_string),
+        "flush_interval": (1.0, v.valid_float_gt0),
+        "max_retries": (3, v.int_range(0)),
+        "cleanup_interval": (3600.0, v.valid_float_gt0),
+        "message_retention_days": (7.0, v.valid_float_gt0),
+        "batch_size": (500, v.int_range(1, 10000)),
+    },
+    "circuit_breaker": {
+        "max_failures": (5, v.int_range(1)),
+        "timeout": (30.0, v.valid_float_gt0),
+    },
+    "topics": (["#"], v.list_of(v.valid_topic_filter)),
+    "logging": {
+        "level": ("info", v.one_of("debug", "info", "warning", "error", aliases={"warn": "warning"})),
+        "stats_interval": (30.0, v.valid_float_ge0),
+    },
+    "control": {
+        "socket": ("", v.valid_string),
+    },
+}
+
+
+class Section(types.SimpleNamespace):
+    """A config section: attribute access to its validated keys."""
+
+
+class Config(Section):
+    """The whole validated config; ``source`` is the file it came from."""
+
+    def to_dict(self, redact=True):
+        """The effective config as plain data, secrets replaced by ``***`` unless redact is False."""
+
+        def plain(section, path):
+            out = {}
+            for key, value in vars(section).items():
+                if key == "source":
+                    continue
+                if isinstance(value, Section):
+                    out[key] = plain(value, path + (key,))
+                elif redact and (path + (key,)) in SECRET_KEYS and value:
+                    out[key] = REDACTED
+                else:
+                    out[key] = value
+            return out
+
+        return plain(self, ())
+
+    def secrets(self):
+        """The secret values set in this config, for log redaction."""
+        return [s for s in (self.mqtt.password, self.api.key) if s]
+
+
+def _strip_json_comments(text):
+    """Remove // line comments that stand outside strings, so the seed's annotated file loads."""
+    token = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*')
+    return token.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
+
+
+def _parse(path, text):
+    try:
+        if path.lower().endswith(".json"):
+            return json.loads(_strip_json_comments(text))
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(path, None, f"line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, None, f"{where}not valid YAML: {problem}") from None
+
+
+def _unknown(path, dotted_parent, key, known):
+    dotted = f"{dotted_parent}.{key}" if dotted_parent else str(key)
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(path, dotted, f"unknown key{hint}")
+
+
+def _build(path, schema, raw, dotted_parent, cls):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, dotted_parent or None, f"expected a mapping of keys, got {raw!r}")
+    for key in raw:
+        if key not in schema:
+            raise _unknown(path, dotted_parent, key, schema)
+    values = {}
+    for key, spec in schema.items():
+        dotted = f"{dotted_parent}.{key}" if dotted_parent else key
+        if isinstance(spec, dict):
+            values[key] = _build(path, spec, raw.get(key), dotted, Section)
+            continue
+        default, validator = spec
+        if key not in raw:
+            if default is REQUIRED:
+                raise ConfigError(path, dotted, "required, but missing")
+            values[key] = list(default) if isinstance(default, list) else default
+            continue
+        try:
+            values[key] = validator(raw[key])
+        except ValueError as exc:
+            raise ConfigError(path, dotted, str(exc)) from None
+    return cls(**values)
+
+
+def _default_store(environ):
+    if environ.get("KVMD_PST_DATA"):
+        return os.path.join(environ["KVMD_PST_DATA"], "mqttbuffer", "buffer.db")
+    if environ.get("STATE_DIRECTORY"):
+        return os.path.join(environ["STATE_DIRECTORY"].split(":")[0], "buffer.db")
+    return "/var/lib/mqttbuffer/buffer.db"
+
+
+def _check_relations(path, cfg):
+    if cfg.mqtt.max_reconnect_interval < cfg.mqtt.reconnect_interval:
+        raise ConfigError(
+            path,
+            "mqtt.max_reconnect_interval",
+            f"expected a number >= mqtt.reconnect_interval ({cfg.mqtt.reconnect_interval:g}),"
+            f" got {cfg.mqtt.max_reconnect_interval:g}",
+        )
+    tls = cfg.mqtt.tls
+    if tls.key_file and not tls.cert_file:
+        raise ConfigError(path, "mqtt.tls.key_file", "needs mqtt.tls.cert_file as well")
+    for key in ("ca_file", "cert_file", "key_file"):
+        name = getattr(tls, key)
+        if name and not os.access(name, os.R_OK):
+            raise ConfigError(path, f"mqtt.tls.{key}", f"expected a readable file, got {name!r}")
+
+
+def load_config(path, environ=None):
+    """Read, validate and complete the config at ``path``; raise ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, None, f"cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    cfg = _build(path, SCHEMA, _parse(path, text), "", Config)
+    cfg.source = path
+    _check_relations(path, cfg)
+    cfg.buffer.persist_file = os.path.abspath(cfg.buffer.persist_file or _default_store(environ))
+    if not cfg.control.socket:
+        runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+        cfg.control.socket = os.path.join(runtime or os.path.dirname(cfg.buffer.persist_file), "control.sock")
+    cfg.control.socket = os.path.abspath(cfg.control.socket)
+    return cfg

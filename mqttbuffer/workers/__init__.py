@@ -1,0 +1,1 @@
+"""The three worker processes: ingestor, persister and forwarder."""

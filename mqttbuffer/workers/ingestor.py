@@ -1,0 +1,189 @@
+"""The ingestor: the only process that talks MQTT.
+
+paho's network thread hands each message to ``_on_message``, which gives it a stable unique id
+and queues it. The main thread sends queued messages to the persister in numbered batches and,
+when the persister confirms a batch is committed, PUBACKs its messages in receive order. Every
+message stays in ``batches`` until confirmed: if the persister dies, all of them are sent again
+to its successor (the store ignores ids it already holds).
+
+Acks belong to a connection: each message records the connection generation it arrived on, and
+a confirmation for an older generation sends no PUBACK (the broker redelivers those messages with
+dup=1 on the new connection). ``_lock`` makes "check the generation, queue the PUBACK" atomic
+with respect to paho starting a new connection.
+"""
+
+import collections
+import os
+import threading
+import time
+
+from mqttbuffer import ipc
+from mqttbuffer.broker import BrokerClient
+from mqttbuffer.workers.base import Worker
+from mqttbuffer.workers.persister import LINK_NAME
+
+MAX_BATCH_ROWS = 1000
+MAX_BATCHES_IN_FLIGHT = 2
+STOP_CONFIRM_TIMEOUT = 4.0
+
+
+class Batch:
+    __slots__ = ("number", "acks", "rows", "sent")
+
+    def __init__(self, number):
+        self.number = number
+        self.acks = []  # (generation, mid) of QoS 1 messages, in receive order
+        self.rows = []  # store rows: (id, topic, payload, qos, retain, received_at)
+        self.sent = False
+
+
+class Ingestor(Worker):
+    name = "ingestor"
+
+    def __init__(self, cfg, links_dir, client_id):
+        super().__init__(cfg, links_dir)
+        self.client_id = client_id
+
+    def setup(self):
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._incoming = []  # (generation, mid, qos, row) from paho's thread
+        self._taking = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._id_prefix = os.urandom(8).hex()
+        self._id_counter = 0
+        self.batches = collections.deque()
+        self._batch_number = 0
+        self.link = None
+        self.reconnector = ipc.Reconnector(os.path.join(self.links_dir, LINK_NAME))
+        self.broker = BrokerClient(
+            self.cfg.mqtt, self.client_id, self.cfg.topics,
+            self._on_message, self._on_connected, self._on_disconnected,
+        )
+        self.broker.start()
+
+    # --- paho's network thread -------------------------------------------------------------
+
+    def _on_connected(self):
+        with self._lock:
+            self._generation += 1
+            self._connected = True
+
+    def _on_disconnected(self, reason):
+        with self._lock:
+            was_connected = self._connected
+            self._generation += 1
+            self._connected = False
+        if was_connected:
+            self.log.warning("Disconnected from MQTT broker: %s; reconnecting", reason)
+
+    def _on_message(self, msg):
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")
+        self._id_counter += 1
+        row = (f"{self._id_prefix}-{self._id_counter:x}", topic, bytes(msg.payload), msg.qos,
+               int(msg.retain), time.time())
+        with self._lock:
+            if not self._taking:
+                # Stopping: not acked, so the broker redelivers it to the next session.
+                return
+            first = not self._incoming
+            self._incoming.append((self._generation, msg.mid, msg.qos, row))
+        if first:
+            try:
+                os.write(self._wake_w, b"x")
+            except BlockingIOError:
+                pass
+
+    # --- main thread -----------------------------------------------------------------------
+
+    def step(self, now):
+        if self.link is None:
+            self.link = self.reconnector.try_connect(now)
+            if self.link is not None:
+                for batch in self.batches:
+                    batch.sent = False
+        waiting = [self._wake_r] + ([self.link] if self.link else [])
+        timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
+        for source in ipc.wait(waiting, timeout):
+            if source is self.link:
+                self._receive_confirmations()
+        self._take_incoming()
+        self._send()
+
+    def _take_incoming(self):
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for generation, mid, qos, row in incoming:
+            batch = self.batches[-1] if self.batches else None
+            if batch is None or batch.sent or len(batch.rows) >= MAX_BATCH_ROWS:
+                self._batch_number += 1
+                batch = Batch(self._batch_number)
+                self.batches.append(batch)
+            batch.rows.append(row)
+            if qos:
+                batch.acks.append((generation, mid))
+
+    def _send(self):
+        if self.link is None:
+            return
+        in_flight = 0
+        for batch in self.batches:
+            if batch.sent:
+                in_flight += 1
+                continue
+            if in_flight >= MAX_BATCHES_IN_FLIGHT:
+                break
+            try:
+                self.link.send((batch.number, batch.rows))
+            except ipc.LINK_ERRORS:
+                self._lose_link()
+                return
+            batch.sent = True
+            in_flight += 1
+
+    def _receive_confirmations(self):
+        try:
+            while self.link.poll(0):
+                confirmed = set(self.link.recv())
+                while self.batches and self.batches[0].number in confirmed:
+                    self._ack(self.batches.popleft())
+        except ipc.LINK_ERRORS:
+            self._lose_link()
+
+    def _ack(self, batch):
+        with self._lock:
+            for generation, mid in batch.acks:
+                if generation == self._generation:
+                    self.broker.ack(mid)
+
+    def _lose_link(self):
+        self.log.warning("Lost the link to the persister; %d unconfirmed messages will be sent again",
+                         sum(len(b.rows) for b in self.batches))
+        self.link.close()
+        self.link = None
+
+    def shutdown(self):
+        """Stop taking messages, wait for the persister to confirm what we hold, ack, disconnect."""
+        with self._lock:
+            self._taking = False
+        self._take_incoming()
+        deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT
+        while self.batches and time.monotonic() < deadline:
+            self.step(time.monotonic())
+        if self.batches:
+            self.log.warning("Stopping with %d messages unconfirmed; the broker will redeliver them",
+                             sum(len(b.rows) for b in self.batches))
+        self.broker.stop()
+        if self.link is not None:
+            self.link.close()

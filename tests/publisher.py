@@ -1,0 +1,49 @@
+"""A QoS 1 test publisher that works with paho-mqtt 1.6.1 and 2.x and knows what the broker took."""
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+
+
+class Publisher:
+    def __init__(self, port, topic="test/data"):
+        self.topic = topic
+        if hasattr(mqtt, "CallbackAPIVersion"):
+            self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        else:
+            self.client = mqtt.Client()
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.infos = []
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def publish(self, count, rate=None, during=None):
+        """Publish ``count`` messages {"n": i}, at ``rate`` per second if given.
+
+        ``during(n)`` is called before message n, so a test can act in the middle of the stream.
+        """
+        start = time.monotonic()
+        for i in range(count):
+            n = len(self.infos)
+            if during:
+                during(n)
+            if rate:
+                ahead = start + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            payload = json.dumps({"n": n, "pad": "x" * 150})
+            self.infos.append(self.client.publish(self.topic, payload, qos=1))
+        return self
+
+    def accepted(self, timeout=30):
+        """The numbers of all messages the broker has acknowledged (waits for outstanding ones)."""
+        deadline = time.monotonic() + timeout
+        for info in self.infos:
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+        return {n for n, info in enumerate(self.infos) if info.is_published()}
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
