@@ -2,10 +2,12 @@
 
 ``__init__`` runs in the supervisor before fork and only stores arguments; ``setup()`` opens
 everything that owns a file descriptor; ``step(now)`` does one iteration (what unit tests call);
-``stop()`` only sets a flag, so it is safe in a signal handler; ``shutdown()`` finishes cleanly.
+``stop()`` only sets a flag, so it is safe in a signal handler (the signal also writes to
+``wake_r``, which every worker includes in its waits, so it notices at once); ``shutdown()`` finishes cleanly.
 """
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -31,9 +33,12 @@ class Worker:
 
     def run(self):
         """The child's main: called by multiprocessing right after fork."""
-        # The parent's wakeup fd and handlers must not fire here: a signal to this worker would
-        # otherwise wake the supervisor as if it had been signalled itself.
-        signal.set_wakeup_fd(-1)
+        # The parent's wakeup fd must not fire here: a signal to this worker would otherwise wake
+        # the supervisor as if it had been signalled itself. Ours wakes the worker's own waits.
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGTERM, self.stop)
         # Ctrl-C reaches the whole process group; the supervisor decides the order of stopping.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -48,6 +53,20 @@ class Worker:
         except Exception:
             self.log.exception("%s failed", self.name)
             sys.exit(EX_SOFTWARE)
+
+    def wake(self):
+        """Interrupt the worker's current wait (safe from any thread)."""
+        try:
+            os.write(self.wake_w, b"w")
+        except BlockingIOError:
+            pass
+
+    def drain_wakeups(self):
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def setup(self):
         """Open files, sockets and connections (after fork)."""

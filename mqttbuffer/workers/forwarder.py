@@ -9,7 +9,7 @@ import time
 
 import urllib3
 
-from mqttbuffer import __version__
+from mqttbuffer import __version__, ipc
 from mqttbuffer.store import Store
 from mqttbuffer.wire import encode_body
 from mqttbuffer.workers.base import Worker
@@ -45,20 +45,24 @@ class Forwarder(Worker):
 
     def step(self, now):
         if now < self.next_attempt:
-            time.sleep(min(self.poll_interval, self.next_attempt - now))
+            self._idle(min(self.poll_interval, self.next_attempt - now))
             return
         rows = self.store.oldest(self.cfg.buffer.batch_size)
         if not rows:
             self.oldest_seq = None
-            time.sleep(self.poll_interval)
+            self._idle(self.poll_interval)
             return
         if rows[0][0] != self.oldest_seq:
             self.oldest_seq, self.oldest_since = rows[0][0], now
         waited = max(now - self.oldest_since, time.time() - rows[0][6])
         if len(rows) < self.cfg.buffer.batch_size and waited < self.cfg.buffer.flush_interval:
-            time.sleep(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
+            self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
         self._deliver(rows, now)
+
+    def _idle(self, seconds):
+        ipc.wait([self.wake_r], seconds)
+        self.drain_wakeups()
 
     def _deliver(self, rows, now):
         body = encode_body([row[1:7] for row in rows])

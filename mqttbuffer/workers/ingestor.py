@@ -50,9 +50,6 @@ class Ingestor(Worker):
         self._connected = False
         self._incoming = []  # (generation, mid, qos, row) from paho's thread
         self._taking = True
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = 0
         self.batches = collections.deque()
@@ -77,7 +74,7 @@ class Ingestor(Worker):
             was_connected = self._connected
             self._generation += 1
             self._connected = False
-        if was_connected:
+        if was_connected and self._taking:
             self.log.warning("Disconnected from MQTT broker: %s; reconnecting", reason)
 
     def _on_message(self, msg):
@@ -95,10 +92,7 @@ class Ingestor(Worker):
             first = not self._incoming
             self._incoming.append((self._generation, msg.mid, msg.qos, row))
         if first:
-            try:
-                os.write(self._wake_w, b"x")
-            except BlockingIOError:
-                pass
+            self.wake()
 
     # --- main thread -----------------------------------------------------------------------
 
@@ -108,7 +102,7 @@ class Ingestor(Worker):
             if self.link is not None:
                 for batch in self.batches:
                     batch.sent = False
-        waiting = [self._wake_r] + ([self.link] if self.link else [])
+        waiting = [self.wake_r] + ([self.link] if self.link else [])
         timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
         for source in ipc.wait(waiting, timeout):
             if source is self.link:
@@ -117,11 +111,7 @@ class Ingestor(Worker):
         self._send()
 
     def _take_incoming(self):
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.drain_wakeups()
         with self._lock:
             incoming, self._incoming = self._incoming, []
         for generation, mid, qos, row in incoming:

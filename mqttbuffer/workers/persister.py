@@ -32,9 +32,11 @@ class Persister(Worker):
 
     def step(self, now):
         timeout = 0.5 if not self.uncommitted else max(0.0, self.retry_at - now)
-        ready = ipc.wait([self.listener, *self.links], timeout)
+        ready = ipc.wait([self.wake_r, self.listener, *self.links], timeout)
         for source in ready:
-            if source is self.listener:
+            if source is self.wake_r:
+                self.drain_wakeups()
+            elif source is self.listener:
                 link = self.listener.accept()
                 if link is not None:
                     self.links.append(link)
