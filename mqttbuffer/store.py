@@ -26,6 +26,18 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS totals (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    count INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals SELECT 1, count(*), coalesce(sum(length(payload)), 0) FROM messages;
+CREATE TRIGGER IF NOT EXISTS totals_insert AFTER INSERT ON messages BEGIN
+    UPDATE totals SET count = count + 1, bytes = bytes + length(NEW.payload) WHERE one = 1;
+END;
+CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON messages BEGIN
+    UPDATE totals SET count = count - 1, bytes = bytes - length(OLD.payload) WHERE one = 1;
+END;
 """
 
 
@@ -50,7 +62,8 @@ class Store:
                 raise StoreError(f"{path}: cannot switch to WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous = FULL")
             with _transaction(db):
-                db.execute(_SCHEMA)
+                for statement in _statements(_SCHEMA):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             if "not a database" in str(exc):
@@ -74,8 +87,13 @@ class Store:
             )
             return self._db.total_changes - before
 
-    def pending_count(self):
-        return self._db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    def totals(self):
+        """(messages waiting, their payload bytes), kept up to date by triggers."""
+        return self._db.execute("SELECT count, bytes FROM totals").fetchone()
+
+    def oldest_received_at(self):
+        row = self._db.execute("SELECT received_at FROM messages ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def oldest(self, limit):
         """The oldest waiting messages as (seq, id, topic, payload, qos, retain, received_at, attempts)."""
@@ -91,6 +109,17 @@ class Store:
             before = self._db.total_changes
             self._db.executemany("DELETE FROM messages WHERE seq = ?", ((s,) for s in seqs))
             return self._db.total_changes - before
+
+
+def _statements(script):
+    """Split a schema script into statements (sqlite3.execute takes one; executescript commits)."""
+    statements, current = [], ""
+    for line in script.strip().splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 @contextlib.contextmanager

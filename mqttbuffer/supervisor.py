@@ -1,14 +1,8 @@
-"""The supervisor: forks the workers, restarts any that die, and stops them in pipeline order.
+"""The supervisor: forks the workers, restarts any that die, serves the control socket.
 
 It never holds an MQTT or SQLite connection. Signal handlers only queue the signal; one loop
-waits on the signal wakeup pipe and the workers' sentinels and does everything else.
-
-Worker states (one slot per worker):
-  STARTING  forked, not yet seen running for a moment
-  RUNNING   alive
-  BACKOFF   died; restarts at ``restart_at``
-  STOPPING  asked to stop (SIGTERM), SIGKILL at the deadline
-  EXITED    stopped as asked
+waits on the signal wakeup pipe, the workers' sentinels and the control socket, and does
+everything else. Worker life cycle and its one-line log per transition live in ``slots``.
 """
 
 import logging
@@ -20,18 +14,19 @@ import signal
 import tempfile
 import time
 
+from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
+from mqttbuffer.config import EX_CONFIG
+from mqttbuffer.control.server import ControlError, ControlServer
+from mqttbuffer.slots import Slot
+from mqttbuffer.stats import SharedStats
+from mqttbuffer.status import Rates, buffer_and_circuit, counters, stats_line
 from mqttbuffer.workers.forwarder import Forwarder
 from mqttbuffer.workers.ingestor import Ingestor
 from mqttbuffer.workers.persister import Persister
 
 log = logging.getLogger("mqttbuffer.supervisor")
 
-# Python 3.14 defaults to forkserver; the workers rely on inheriting the parsed config by fork.
-FORK = multiprocessing.get_context("fork")
-
-RESTART_DELAY = 1.0
-RUNNING_AFTER = 1.0
 # Stop budget (systemd and the issue allow 10 s): the ingestor first, so it can ack what the
 # persister commits; then the persister; the forwarder may be mid-request and is killed at the end.
 INGESTOR_STOP_GRACE = 6.0
@@ -39,89 +34,70 @@ PERSISTER_STOP_GRACE = 2.0
 TOTAL_STOP_GRACE = 9.0
 
 
-def describe_exit(exitcode):
-    """How a worker ended, in words: 'exited with 1', 'killed by SIGKILL (out of memory?)'."""
-    if exitcode is None:
-        return "still running"
-    if exitcode >= 0:
-        return f"exited with {exitcode}"
-    try:
-        name = signal.Signals(-exitcode).name
-    except ValueError:
-        name = f"signal {-exitcode}"
-    hint = " (out of memory?)" if name == "SIGKILL" else ""
-    return f"killed by {name}{hint}"
-
-
-class Slot:
-    """One worker and the process currently running it."""
-
-    def __init__(self, worker):
-        self.worker = worker
-        self.name = worker.name
-        self.process = None
-        self.state = "EXITED"
-        self.started_at = 0.0
-        self.restart_at = 0.0
-        self.restarts = 0
-        self.last_exit = None
-
-    @property
-    def pid(self):
-        return self.process.pid if self.process else None
-
-    def transition(self, state, reason=""):
-        extra = f", {reason}" if reason else ""
-        log.info("%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
-        self.state = state
-
-
 class Supervisor:
     def __init__(self, cfg):
         self.cfg = cfg
         self.signals = []
-        self.slots = []
-        self.links_dir = None
+        self.slots = {}
+        self.exit_code = 0
+        self.started = time.monotonic()
+        self.rates = Rates()
+        self.next_stats_log = None
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
 
     def run(self):
-        """Run until SIGTERM or SIGINT; return the exit code."""
+        """Run until SIGTERM or SIGINT (or a worker's config error); return the exit code."""
         multiprocessing.current_process().name = "supervisor"
         client_id = self.cfg.mqtt.client_id or load_or_create_client_id(
             os.path.join(os.path.dirname(self.cfg.buffer.persist_file), "client_id")
         )
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
-        self.links_dir = tempfile.mkdtemp(prefix="mqttbuffer.", dir=runtime)
-        self.slots = [
-            Slot(Persister(self.cfg, self.links_dir)),
-            Slot(Ingestor(self.cfg, self.links_dir, client_id)),
-            Slot(Forwarder(self.cfg, self.links_dir)),
-        ]
+        links_dir = tempfile.mkdtemp(prefix="mqttbuffer.", dir=runtime)
+        self.stats = SharedStats()
+        workers = (
+            Persister(self.cfg, links_dir, self.stats),
+            Ingestor(self.cfg, links_dir, self.stats, client_id),
+            Forwarder(self.cfg, links_dir, self.stats),
+        )
+        self.slots = {w.name: Slot(w, FORK) for w in workers}
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        log.info("mqttbuffer starting: broker %s, API %s, store %s, client id %s",
-                 self.cfg.mqtt.broker, self.cfg.api.url, self.cfg.buffer.persist_file, client_id)
+        self.control = ControlServer(self.cfg.control.socket, {
+            "status": self.handle_status,
+            "restart-worker": self.handle_restart_worker,
+        })
+        log.info("mqttbuffer %s starting: broker %s, API %s, store %s, client id %s, control %s",
+                 __version__, self.cfg.mqtt.broker, self.cfg.api.url, self.cfg.buffer.persist_file,
+                 client_id, self.cfg.control.socket)
         try:
-            for slot in self.slots:
-                self._start(slot)
+            for slot in self.slots.values():
+                slot.start(time.monotonic())
             while not self._stop_requested():
-                self._loop_once(wake_r)
+                try:
+                    self._loop_once(wake_r)
+                except Exception:
+                    # A supervisor bug must not orphan the workers or stop ingestion.
+                    log.exception("Supervisor loop failed; continuing")
+                    time.sleep(0.5)
             self._stop_all()
         finally:
             signal.set_wakeup_fd(-1)
             os.close(wake_r)
             os.close(wake_w)
-            shutil.rmtree(self.links_dir, ignore_errors=True)
+            self.control.close()
+            shutil.rmtree(links_dir, ignore_errors=True)
         log.info("mqttbuffer stopped")
-        return 0
+        return self.exit_code
 
     def _stop_requested(self):
+        if self.exit_code:
+            return True
         while self.signals:
             signum = self.signals.pop(0)
             if signum == signal.SIGHUP:
@@ -131,72 +107,76 @@ class Supervisor:
             return True
         return False
 
-    def _start(self, slot):
-        slot.process = FORK.Process(target=slot.worker.run, name=slot.name, daemon=False)
-        slot.process.start()
-        slot.started_at = time.monotonic()
-        slot.transition("STARTING")
-
     def _loop_once(self, wake_r):
         now = time.monotonic()
-        timeouts = [1.0]
-        for slot in self.slots:
-            if slot.state == "BACKOFF":
-                timeouts.append(slot.restart_at - now)
-            elif slot.state == "STARTING":
-                timeouts.append(slot.started_at + RUNNING_AFTER - now)
-        sentinels = [s.process.sentinel for s in self.slots if s.state in ("STARTING", "RUNNING")]
-        multiprocessing.connection.wait([wake_r, *sentinels], max(0.0, min(timeouts)))
+        deadlines = [now + 1.0, self.control.next_deadline()] + [s.next_deadline() for s in self.slots.values()]
+        timeout = max(0.0, min(d for d in deadlines if d is not None) - now)
+        waitables = [wake_r, *self.control.waitables(), *(s.sentinel() for s in self.slots.values() if s.sentinel())]
+        ready = multiprocessing.connection.wait(waitables, timeout)
         try:
             while os.read(wake_r, 512):
                 pass
         except BlockingIOError:
             pass
         now = time.monotonic()
-        for slot in self.slots:
-            self._check(slot, now)
+        self.control.serve(ready, now)
+        for slot in self.slots.values():
+            code = slot.check(now)
+            if code == EX_CONFIG:
+                log.error("%s found a configuration problem (exit 78); stopping", slot.name)
+                self.exit_code = EX_CONFIG
+        self.rates.sample(now, self.stats.get("received"), self.stats.get("delivered"))
+        self._log_stats(now)
 
-    def _check(self, slot, now):
-        if slot.state in ("STARTING", "RUNNING") and not slot.process.is_alive():
-            slot.process.join()
-            slot.last_exit = describe_exit(slot.process.exitcode)
-            slot.restart_at = now + RESTART_DELAY
-            slot.transition("BACKOFF", f"{slot.last_exit}, restart in {RESTART_DELAY:g}s")
-            slot.process.close()
-            slot.process = None
-        elif slot.state == "STARTING" and now - slot.started_at >= RUNNING_AFTER:
-            slot.transition("RUNNING")
-        elif slot.state == "BACKOFF" and now >= slot.restart_at:
-            slot.restarts += 1
-            self._start(slot)
+    def _log_stats(self, now):
+        interval = self.cfg.logging.stats_interval
+        if not interval:
+            return
+        if self.next_stats_log is None:
+            self.next_stats_log = now + interval
+        elif now >= self.next_stats_log:
+            self.next_stats_log = now + interval
+            log.info("%s", stats_line(self.stats, self.rates))
 
     def _stop_all(self):
         start = time.monotonic()
-        by_name = {slot.name: slot for slot in self.slots}
-        self._terminate(by_name["ingestor"])
-        self._terminate(by_name["forwarder"])
-        self._wait(by_name["ingestor"], start + INGESTOR_STOP_GRACE)
-        self._terminate(by_name["persister"])
-        self._wait(by_name["persister"], time.monotonic() + PERSISTER_STOP_GRACE)
-        self._wait(by_name["forwarder"], start + TOTAL_STOP_GRACE)
+        ingestor, persister, forwarder = (self.slots[n] for n in ("ingestor", "persister", "forwarder"))
+        ingestor.terminate()
+        forwarder.terminate()
+        ingestor.wait_stopped(start + INGESTOR_STOP_GRACE)
+        persister.terminate()
+        persister.wait_stopped(time.monotonic() + PERSISTER_STOP_GRACE)
+        forwarder.wait_stopped(start + TOTAL_STOP_GRACE)
 
-    def _terminate(self, slot):
-        if slot.process is None:
-            slot.state = "EXITED"
-            return
-        slot.transition("STOPPING")
-        try:
-            os.kill(slot.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    # --- control commands --------------------------------------------------------------------
 
-    def _wait(self, slot, deadline):
-        if slot.process is None:
-            return
-        slot.process.join(max(0.0, deadline - time.monotonic()))
-        if slot.process.exitcode is None:
-            log.warning("%s (pid %s) did not stop in time; killing it", slot.name, slot.pid)
-            slot.process.kill()
-            slot.process.join()
-        slot.last_exit = describe_exit(slot.process.exitcode)
-        slot.transition("EXITED", slot.last_exit)
+    def handle_status(self, request):
+        """status -> workers, buffer, circuit, counters and rates."""
+        now, wall = time.monotonic(), time.time()
+        buffer, circuit = buffer_and_circuit(self.stats, wall)
+        rate_in, rate_out = self.rates.current()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(now - self.started, 3),
+            "config": self.cfg.source,
+            "store": self.cfg.buffer.persist_file,
+            "workers": {name: slot.describe(now) for name, slot in self.slots.items()},
+            "buffer": buffer,
+            "circuit": circuit,
+            "counters": counters(self.stats),
+            "rates": {"in": round(rate_in, 2), "out": round(rate_out, 2)},
+        }
+
+    def handle_restart_worker(self, request):
+        """restart-worker {"name": NAME} -> SIGTERM now, SIGKILL after a grace period, restart."""
+        slot = self.slots.get(request.get("name"))
+        if slot is None:
+            raise ControlError(f"no worker named {request.get('name')!r} (workers: {', '.join(self.slots)})")
+        slot.request_restart(time.monotonic(), "restart requested")
+        return {"name": slot.name, "pid": slot.pid, "state": slot.state}
+
+
+# Python 3.14 defaults to forkserver; workers rely on inheriting the parsed config and the shared
+# stats memory by fork.
+FORK = multiprocessing.get_context("fork")

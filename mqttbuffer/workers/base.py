@@ -17,14 +17,18 @@ import setproctitle
 from mqttbuffer.logs import setup_logging
 
 EX_SOFTWARE = 70
+# A step waits at most about half a second; a worker that has not begun its next step this long
+# after beginning the last one is late (the supervisor adds limits.heartbeat_timeout on top).
+STEP_BUDGET = 2.0
 
 
 class Worker:
     name = "worker"
 
-    def __init__(self, cfg, links_dir):
+    def __init__(self, cfg, links_dir, stats):
         self.cfg = cfg
         self.links_dir = links_dir
+        self.stats = stats
         self.stopping = False
         self.log = logging.getLogger(f"mqttbuffer.{self.name}")
 
@@ -48,7 +52,9 @@ class Worker:
         try:
             self.setup()
             while not self.stopping:
-                self.step(time.monotonic())
+                now = time.monotonic()
+                self.stats.beat(self.name, now + STEP_BUDGET)
+                self.step(now)
             self.shutdown()
         except Exception:
             self.log.exception("%s failed", self.name)

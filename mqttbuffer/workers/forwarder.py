@@ -12,9 +12,10 @@ import urllib3
 from mqttbuffer import __version__, ipc
 from mqttbuffer.store import Store
 from mqttbuffer.wire import encode_body
-from mqttbuffer.workers.base import Worker
+from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
 MAX_POLL_INTERVAL = 0.25
+GAUGE_INTERVAL = 1.0
 FIRST_RETRY_DELAY, MAX_RETRY_DELAY = 2.0, 32.0
 
 
@@ -42,8 +43,12 @@ class Forwarder(Worker):
         self.oldest_since = 0.0
         self.next_attempt = 0.0
         self.retry_delay = FIRST_RETRY_DELAY
+        self.gauges_at = 0.0
 
     def step(self, now):
+        if now >= self.gauges_at:
+            self._update_gauges()
+            self.gauges_at = now + GAUGE_INTERVAL
         if now < self.next_attempt:
             self._idle(min(self.poll_interval, self.next_attempt - now))
             return
@@ -60,12 +65,20 @@ class Forwarder(Worker):
             return
         self._deliver(rows, now)
 
+    def _update_gauges(self):
+        count, size = self.store.totals()
+        self.stats.set("pending", count)
+        self.stats.set("pending_bytes", size)
+        self.stats.set("oldest_received_at", self.store.oldest_received_at() or 0.0)
+
     def _idle(self, seconds):
         ipc.wait([self.wake_r], seconds)
         self.drain_wakeups()
 
     def _deliver(self, rows, now):
         body = encode_body([row[1:7] for row in rows])
+        self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
+        self.stats.add("requests")
         try:
             response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers)
             status, problem = response.status, f"HTTP {response.status}"
@@ -73,9 +86,12 @@ class Forwarder(Worker):
             status, problem = None, f"{type(exc).__name__}: {exc}"
         if status is not None and 200 <= status < 300:
             self.store.delete([row[0] for row in rows])
+            self.stats.add("delivered", len(rows))
+            self._update_gauges()
             self.log.info("Successfully sent %d messages", len(rows))
             self.retry_delay = FIRST_RETRY_DELAY
             return
+        self.stats.add("requests_failed")
         self.log.warning("Sending %d messages failed (%s); retrying in %gs", len(rows), problem, self.retry_delay)
         self.next_attempt = now + self.retry_delay
         self.retry_delay = min(self.retry_delay * 2, MAX_RETRY_DELAY)

@@ -40,8 +40,8 @@ class Batch:
 class Ingestor(Worker):
     name = "ingestor"
 
-    def __init__(self, cfg, links_dir, client_id):
-        super().__init__(cfg, links_dir)
+    def __init__(self, cfg, links_dir, stats, client_id):
+        super().__init__(cfg, links_dir, stats)
         self.client_id = client_id
 
     def setup(self):
@@ -83,6 +83,7 @@ class Ingestor(Worker):
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
         self._id_counter += 1
+        self.stats.add("received")
         row = (f"{self._id_prefix}-{self._id_counter:x}", topic, bytes(msg.payload), msg.qos,
                int(msg.retain), time.time())
         with self._lock:

@@ -22,7 +22,7 @@ class Persister(Worker):
 
     def setup(self):
         self.store = Store.open(self.cfg.buffer.persist_file)
-        self.log.info("Loaded %d messages from disk", self.store.pending_count())
+        self.log.info("Loaded %d messages from disk", self.store.totals()[0])
         self.listener = ipc.Listener(os.path.join(self.links_dir, LINK_NAME))
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
@@ -63,7 +63,7 @@ class Persister(Worker):
     def _commit(self, now):
         rows = [row for _, _, batch in self.uncommitted for row in batch]
         try:
-            self.store.insert(rows)
+            inserted = self.store.insert(rows)
         except sqlite3.Error as exc:
             if not self.commit_failing:
                 self.log.error("Cannot commit %d messages to %s: %s; retrying, nothing is acked meanwhile",
@@ -71,6 +71,7 @@ class Persister(Worker):
             self.commit_failing = True
             self.retry_at = now + RETRY_COMMIT_AFTER
             return
+        self.stats.add("persisted", inserted)
         if self.commit_failing:
             self.log.info("Commits to %s work again", self.cfg.buffer.persist_file)
             self.commit_failing = False

@@ -1,0 +1,24 @@
+# make run    the daemon with etc/config.example.yaml, a demo API and (if needed) a local broker
+# make test   the whole suite on paho-mqtt 2.x, then the integration tests on paho-mqtt 1.6.1
+# make check  validate the example config
+
+PYTEST_ARGS ?=
+
+.PHONY: run test check venv clean
+
+venv:
+	bin/bootstrap
+
+run: venv
+	bin/run-demo
+
+test: venv
+	bin/bootstrap --paho1
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv-paho1/bin/python -m pytest -m integration $(PYTEST_ARGS)
+
+check: venv
+	.venv/bin/python -m mqttbuffer --config etc/config.example.yaml --check
+
+clean:
+	rm -rf .venv .venv-paho1 .run build dist *.egg-info .pytest_cache

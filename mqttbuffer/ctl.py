@@ -1,0 +1,71 @@
+"""``mqttbufferctl``: ask the running daemon for its status or to restart a worker.
+
+Exit codes (as LSB init scripts): 0 ok, 1 the daemon answered with an error, 2 usage or config
+problem, 3 the daemon is not running.
+"""
+
+import argparse
+import json
+import sys
+
+from mqttbuffer.cli import DEFAULT_CONFIG
+from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.control.client import NotRunning, request
+from mqttbuffer.status import format_summary
+
+EX_OK, EX_ERROR, EX_USAGE, EX_NOT_RUNNING = 0, 1, 2, 3
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="mqttbufferctl", description="Control a running mqttbuffer daemon.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                       help=f"the daemon's config, to find its control socket (default: {DEFAULT_CONFIG})")
+    where.add_argument("--socket", "-s", help="the control socket's path (instead of reading the config)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="workers, buffer, circuit, counters and rates")
+    status.add_argument("--json", action="store_true", help="the full status document as JSON")
+    restart = commands.add_parser("restart-worker", help="restart one worker (returns at once)")
+    restart.add_argument("name", choices=["ingestor", "persister", "forwarder"])
+    return parser.parse_args(argv)
+
+
+def socket_path(args):
+    if args.socket:
+        return args.socket
+    return load_config(args.config).control.socket
+
+
+def main(argv=None):
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:
+        return EX_USAGE if exc.code else EX_OK
+    try:
+        path = socket_path(args)
+    except ConfigError as exc:
+        print(f"mqttbufferctl: {exc}", file=sys.stderr)
+        return EX_USAGE
+    command_args = {"name": args.name} if args.command == "restart-worker" else {}
+    try:
+        reply = request(path, args.command, **command_args)
+    except NotRunning as exc:
+        print(f"mqttbufferctl: mqttbuffer is not running ({exc}); start it with"
+              " 'systemctl start mqttbuffer' or 'mqttbuffer --config FILE'", file=sys.stderr)
+        return EX_NOT_RUNNING
+    except (OSError, ValueError) as exc:
+        print(f"mqttbufferctl: {path}: no usable reply: {exc}", file=sys.stderr)
+        return EX_ERROR
+    if reply.get("status") != "ok":
+        print(f"mqttbufferctl: {reply.get('error', 'error')}", file=sys.stderr)
+        return EX_ERROR
+    data = reply["data"]
+    if args.command == "status":
+        print(json.dumps(data, indent=2) if args.json else format_summary(data))
+    else:
+        print(f"restarting {data['name']} (pid {data['pid']})")
+    return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""One slot per worker: its current process, its state, and the restart policy.
+
+States and transitions (each logged as one line, e.g.
+``persister (pid 812): RUNNING -> BACKOFF, killed by SIGKILL, restart in 2s``):
+  STARTING  forked; becomes RUNNING once alive for RUNNING_AFTER seconds
+  RUNNING   alive
+  BACKOFF   died (or was restarted for cause); starts again at ``restart_at``
+  STOPPING  sent SIGTERM; SIGKILL at ``kill_at``; then EXITED, or restarted if asked to
+  EXITED    stopped for good (daemon shutdown)
+Crash-loop backoff: the restart delay starts at 1 s and doubles up to 60 s; it resets once a
+worker has stayed up 60 s. A worker is never abandoned: ingestion must come back by itself.
+"""
+
+import logging
+import os
+import signal
+import time
+
+import psutil
+
+log = logging.getLogger("mqttbuffer.supervisor")
+
+RUNNING_AFTER = 1.0
+FIRST_DELAY, MAX_DELAY, RESET_AFTER = 1.0, 60.0, 60.0
+RESTART_GRACE = 5.0
+
+
+def describe_exit(exitcode):
+    """How a worker ended, in words: 'exited with 1', 'killed by SIGKILL (out of memory?)'."""
+    if exitcode is None:
+        return "still running"
+    if exitcode >= 0:
+        return f"exited with {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    hint = " (out of memory?)" if name == "SIGKILL" else ""
+    return f"killed by {name}{hint}"
+
+
+class Slot:
+    def __init__(self, worker, context):
+        self.worker = worker
+        self.name = worker.name
+        self.context = context
+        self.process = None
+        self.pid = None
+        self.state = "EXITED"
+        self.started_at = 0.0
+        self.restart_at = 0.0
+        self.kill_at = 0.0
+        self.delay = FIRST_DELAY
+        self.restarts = 0
+        self.last_exit = None
+        self.after_stop = None  # "restart" or "backoff" while STOPPING for a restart
+
+    def _transition(self, state, reason=""):
+        extra = f", {reason}" if reason else ""
+        log.info("%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
+        self.state = state
+
+    def sentinel(self):
+        return self.process.sentinel if self.process else None
+
+    def next_deadline(self):
+        return {
+            "STARTING": self.started_at + RUNNING_AFTER,
+            "BACKOFF": self.restart_at,
+            "STOPPING": self.kill_at,
+        }.get(self.state)
+
+    def start(self, now):
+        self.process = self.context.Process(target=self.worker.run, name=self.name)
+        self.process.start()
+        self.pid = self.process.pid
+        self.started_at = now
+        self._transition("STARTING")
+
+    def check(self, now):
+        """Advance the state machine; return the exit code if the worker was found dead."""
+        if self.process is not None and self.state in ("STARTING", "RUNNING", "STOPPING") \
+                and not self.process.is_alive():
+            return self._reap(now)
+        if self.state == "STARTING" and now - self.started_at >= RUNNING_AFTER:
+            self._transition("RUNNING")
+        elif self.state == "BACKOFF" and now >= self.restart_at:
+            self.restarts += 1
+            self.start(now)
+        elif self.state == "STOPPING" and now >= self.kill_at:
+            log.warning("%s (pid %s) did not stop within %gs; killing it", self.name, self.pid, RESTART_GRACE)
+            self._signal(signal.SIGKILL)
+            self.kill_at = now + RESTART_GRACE
+        return None
+
+    def _reap(self, now):
+        self.process.join()
+        code = self.process.exitcode
+        self.last_exit = describe_exit(code)
+        uptime = now - self.started_at
+        self.process.close()
+        if self.state == "STOPPING" and self.after_stop == "restart":
+            self._transition("EXITED", f"{self.last_exit}, restarting now")
+            self.process = None
+            self.after_stop = None
+            self.restarts += 1
+            self.start(now)
+            return code
+        if uptime >= RESET_AFTER:
+            self.delay = FIRST_DELAY
+        self.restart_at = now + self.delay
+        self._transition("BACKOFF", f"{self.last_exit}, restart in {self.delay:g}s")
+        self.delay = min(self.delay * 2, MAX_DELAY)
+        self.process = None
+        self.after_stop = None
+        return code
+
+    def request_restart(self, now, reason, backoff=False):
+        """Stop the worker gracefully and start it again (after the backoff delay if asked)."""
+        if self.state == "BACKOFF":
+            self.restart_at = now
+            return
+        if self.state not in ("STARTING", "RUNNING"):
+            return
+        self.after_stop = "backoff" if backoff else "restart"
+        self.kill_at = now + RESTART_GRACE
+        self._transition("STOPPING", reason)
+        self._signal(signal.SIGTERM)
+
+    def terminate(self):
+        """Begin the final stop (daemon shutdown)."""
+        if self.process is None:
+            self.state = "EXITED"
+            return
+        self.after_stop = None
+        self._transition("STOPPING")
+        self._signal(signal.SIGTERM)
+
+    def wait_stopped(self, deadline):
+        if self.process is None:
+            return
+        self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.exitcode is None:
+            log.warning("%s (pid %s) did not stop in time; killing it", self.name, self.pid)
+            self.process.kill()
+            self.process.join()
+        self.last_exit = describe_exit(self.process.exitcode)
+        self._transition("EXITED", self.last_exit)
+
+    def _signal(self, signum):
+        try:
+            os.kill(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def describe(self, now):
+        rss = 0
+        if self.process is not None:
+            try:
+                rss = psutil.Process(self.process.pid).memory_info().rss
+            except psutil.Error:
+                pass
+        alive = self.process is not None and self.process.is_alive()
+        return {
+            "pid": self.process.pid if self.process else None,
+            "state": self.state,
+            "alive": alive,
+            "uptime": round(now - self.started_at, 3) if alive else None,
+            "restarts": self.restarts,
+            "rss_bytes": rss,
+            "last_exit": self.last_exit,
+        }

@@ -1,0 +1,61 @@
+"""Counters, gauges and heartbeats shared by all processes through one block of shared memory.
+
+The block is created by the supervisor before it forks, so every worker writes into the same
+memory with no lock, no pipe and no system call: each field has exactly one writing process, and
+the supervisor only reads (for status, the stats log line, and hang detection). The values live
+as long as the supervisor, so counters survive worker restarts.
+"""
+
+import multiprocessing
+
+COUNTERS = (
+    "received",            # ingestor: messages taken from the broker
+    "persisted",           # persister: messages committed to the store (new ids)
+    "delivered",           # forwarder: messages the API answered 2xx for
+    "rejected",            # forwarder: messages the API refused (4xx), now dead letters
+    "retries_exhausted",   # forwarder: messages past max_retries, now dead letters
+    "expired",             # persister: messages past message_retention_days, now dead letters
+    "dropped",             # persister: messages removed by overflow: drop_oldest
+    "requests",            # forwarder: HTTP requests made
+    "requests_failed",     # forwarder: requests that did not end in a 2xx
+)
+GAUGES = (
+    "pending",             # messages waiting in the store
+    "pending_bytes",       # their payload bytes
+    "oldest_received_at",  # wall-clock time of the oldest waiting message (0: none)
+    "dead_letters",        # rows in the dead-letter table
+    "circuit_state",       # index into CIRCUIT_STATES
+    "next_attempt_at",     # wall-clock time of the forwarder's next request (0: none planned)
+    "blocked",             # persister: 1 while it stops acking (overflow: block, full disk)
+)
+CIRCUIT_STATES = ("closed", "open", "half-open")
+WORKER_NAMES = ("persister", "ingestor", "forwarder")
+HEARTBEATS = tuple(f"heartbeat_{name}" for name in WORKER_NAMES)
+FIELDS = COUNTERS + GAUGES + HEARTBEATS
+_INDEX = {name: i for i, name in enumerate(FIELDS)}
+
+
+class SharedStats:
+    """Named float fields in shared memory; create before fork."""
+
+    def __init__(self):
+        self._values = multiprocessing.get_context("fork").RawArray("d", len(FIELDS))
+
+    def add(self, name, amount=1):
+        self._values[_INDEX[name]] += amount
+
+    def set(self, name, value):
+        self._values[_INDEX[name]] = value
+
+    def get(self, name):
+        return self._values[_INDEX[name]]
+
+    def beat(self, worker, until):
+        """Say the worker will beat again by monotonic time ``until``."""
+        self._values[_INDEX[f"heartbeat_{worker}"]] = until
+
+    def heartbeat(self, worker):
+        return self._values[_INDEX[f"heartbeat_{worker}"]]
+
+    def snapshot(self, names):
+        return {name: self._values[_INDEX[name]] for name in names}

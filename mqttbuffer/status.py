@@ -1,0 +1,92 @@
+"""What the daemon reports about itself: the status document, the stats line, rates.
+
+Built by the supervisor from its worker slots and the shared stats; read by ``mqttbufferctl
+status``, the periodic ``Buffer stats`` log line, and systemd's STATUS=.
+"""
+
+import collections
+import time
+
+from mqttbuffer.stats import CIRCUIT_STATES, COUNTERS
+
+RATE_WINDOW = 10.0
+
+
+class Rates:
+    """In and out rates (messages/s) over the last ``RATE_WINDOW`` seconds."""
+
+    def __init__(self):
+        self.samples = collections.deque()
+
+    def sample(self, now, received, delivered):
+        self.samples.append((now, received, delivered))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW:
+            self.samples.popleft()
+
+    def current(self):
+        if len(self.samples) < 2:
+            return 0.0, 0.0
+        (t0, r0, d0), (t1, r1, d1) = self.samples[0], self.samples[-1]
+        span = t1 - t0
+        if span <= 0:
+            return 0.0, 0.0
+        return (r1 - r0) / span, (d1 - d0) / span
+
+
+def buffer_and_circuit(stats, wall_now):
+    oldest = stats.get("oldest_received_at")
+    next_at = stats.get("next_attempt_at")
+    state = CIRCUIT_STATES[int(stats.get("circuit_state"))]
+    return (
+        {
+            "pending": int(stats.get("pending")),
+            "bytes": int(stats.get("pending_bytes")),
+            "oldest_age": round(max(0.0, wall_now - oldest), 3) if oldest else None,
+            "dead_letters": int(stats.get("dead_letters")),
+            "blocked": bool(stats.get("blocked")),
+        },
+        {"state": state, "next_attempt_in": round(max(0.0, next_at - wall_now), 3) if next_at else None},
+    )
+
+
+def counters(stats):
+    return {name: int(value) for name, value in stats.snapshot(COUNTERS).items()}
+
+
+def stats_line(stats, rates):
+    """The seed's periodic line: pending, oldest age, dead letters, circuit, in/out rates."""
+    buffer, circuit = buffer_and_circuit(stats, time.time())
+    rate_in, rate_out = rates.current()
+    oldest = f"{buffer['oldest_age']:.1f}s" if buffer["oldest_age"] is not None else "-"
+    return (f"Buffer stats: pending={buffer['pending']} oldest={oldest} dead_letters={buffer['dead_letters']}"
+            f" circuit={circuit['state']} in={rate_in:.1f}/s out={rate_out:.1f}/s")
+
+
+def format_summary(data):
+    """A readable multi-line summary of a status document, for ``mqttbufferctl status``."""
+    lines = [f"mqttbuffer {data['version']} (pid {data['pid']}), up {_duration(data['uptime'])}",
+             f"  store:   {data['store']}", "", "workers:"]
+    for name, w in data["workers"].items():
+        rss = f"{w['rss_bytes'] / 1048576:.1f} MiB" if w["rss_bytes"] else "-"
+        uptime = _duration(w["uptime"]) if w["uptime"] is not None else "-"
+        last = f", last exit: {w['last_exit']}" if w["last_exit"] else ""
+        lines.append(f"  {name:<10} {w['state']:<9} pid {w['pid'] or '-':<7} up {uptime:<8} rss {rss:<10}"
+                     f" restarts {w['restarts']}{last}")
+    b, c, r = data["buffer"], data["circuit"], data["rates"]
+    oldest = _duration(b["oldest_age"]) if b["oldest_age"] is not None else "-"
+    lines += ["", f"buffer:    {b['pending']} pending ({b['bytes']} bytes), oldest {oldest},"
+              f" {b['dead_letters']} dead letters" + (", BLOCKED (not acking)" if b["blocked"] else "")]
+    next_in = f", next attempt in {c['next_attempt_in']:.1f}s" if c["next_attempt_in"] else ""
+    lines.append(f"circuit:   {c['state']}{next_in}")
+    lines.append(f"rates:     in {r['in']:.1f}/s, out {r['out']:.1f}/s")
+    lines.append("counters:  " + ", ".join(f"{k} {v}" for k, v in data["counters"].items()))
+    return "\n".join(lines)
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
