@@ -1,11 +1,14 @@
 """The SQLite spool: the only module that writes SQL.
 
 One file in WAL mode with synchronous=FULL, so a committed transaction survives a power cut.
-The persister inserts, the forwarder reads and deletes; both open their own connection after fork
-and take the write lock with BEGIN IMMEDIATE, waiting up to ``BUSY_TIMEOUT_MS`` for the other.
+The persister inserts (and enforces bounds and retention), the forwarder reads, deletes and
+moves refused messages to dead letters; each opens its own connection after fork and takes the
+write lock with BEGIN IMMEDIATE, waiting up to ``BUSY_TIMEOUT_MS`` for the other.
 
 A message row is (id, topic, payload, qos, retain, received_at): ``id`` is the stable unique id
-the ingestor gave it, so a batch re-sent after a persister crash is inserted only once.
+the ingestor gave it, so a batch re-sent after a persister crash is inserted only once. Triggers
+keep the number of waiting messages and their size in ``totals``, so bounds cost no scan. A
+message's size is its payload and topic bytes plus ``ROW_OVERHEAD``, about what it takes on disk.
 """
 
 import contextlib
@@ -14,8 +17,13 @@ import sqlite3
 
 BUSY_TIMEOUT_MS = 10_000
 SCHEMA_VERSION = 1
+ROW_OVERHEAD = 100
+EXCERPT_CHARS = 500
 
-_SCHEMA = """
+_SIZE = f"(length(%(row)s.payload) + length(CAST(%(row)s.topic AS BLOB)) + {ROW_OVERHEAD})"
+_COLUMNS = "id, topic, payload, qos, retain, received_at, attempts"
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -31,13 +39,28 @@ CREATE TABLE IF NOT EXISTS totals (
     count INTEGER NOT NULL,
     bytes INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO totals SELECT 1, count(*), coalesce(sum(length(payload)), 0) FROM messages;
+INSERT OR IGNORE INTO totals
+    SELECT 1, count(*), coalesce(sum({_SIZE % {"row": "messages"}}), 0) FROM messages;
 CREATE TRIGGER IF NOT EXISTS totals_insert AFTER INSERT ON messages BEGIN
-    UPDATE totals SET count = count + 1, bytes = bytes + length(NEW.payload) WHERE one = 1;
+    UPDATE totals SET count = count + 1, bytes = bytes + {_SIZE % {"row": "NEW"}} WHERE one = 1;
 END;
 CREATE TRIGGER IF NOT EXISTS totals_delete AFTER DELETE ON messages BEGIN
-    UPDATE totals SET count = count - 1, bytes = bytes - length(OLD.payload) WHERE one = 1;
+    UPDATE totals SET count = count - 1, bytes = bytes - {_SIZE % {"row": "OLD"}} WHERE one = 1;
 END;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    excerpt TEXT,
+    dead_at REAL NOT NULL
+);
 """
 
 
@@ -76,19 +99,40 @@ class Store:
     def close(self):
         self._db.close()
 
-    def insert(self, rows):
-        """Commit rows of (id, topic, payload, qos, retain, received_at); return how many were new."""
+    # --- the queue ---------------------------------------------------------------------------
+
+    def insert(self, rows, max_count=None, max_bytes=None):
+        """Commit rows of (id, topic, payload, qos, retain, received_at) in one transaction.
+
+        If the queue then holds more than max_count messages or max_bytes, the oldest are
+        deleted in the same transaction. Returns (new rows inserted, rows dropped)."""
         with _transaction(self._db):
-            before = self._db.total_changes
-            self._db.executemany(
+            inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO messages (id, topic, payload, qos, retain, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
-            )
-            return self._db.total_changes - before
+            ).rowcount
+            dropped = self._drop_oldest(max_count, max_bytes) if inserted else 0
+            return inserted, dropped
+
+    def _drop_oldest(self, max_count, max_bytes):
+        count, size = self.totals()
+        drop = max(0, count - max_count) if max_count else 0
+        if max_bytes and size > max_bytes:
+            excess, freed = size - max_bytes, 0
+            for n, (row_size,) in enumerate(self._db.execute(
+                    f"SELECT {_SIZE % {'row': 'messages'}} FROM messages ORDER BY seq"), start=1):
+                freed += row_size
+                if freed >= excess:
+                    drop = max(drop, n)
+                    break
+        if drop:
+            self._db.execute("DELETE FROM messages WHERE seq IN (SELECT seq FROM messages ORDER BY seq LIMIT ?)",
+                             (drop,))
+        return drop
 
     def totals(self):
-        """(messages waiting, their payload bytes), kept up to date by triggers."""
+        """(messages waiting, their size in bytes), kept up to date by triggers."""
         return self._db.execute("SELECT count, bytes FROM totals").fetchone()
 
     def oldest_received_at(self):
@@ -98,17 +142,94 @@ class Store:
     def oldest(self, limit):
         """The oldest waiting messages as (seq, id, topic, payload, qos, retain, received_at, attempts)."""
         return self._db.execute(
-            "SELECT seq, id, topic, payload, qos, retain, received_at, attempts"
-            " FROM messages ORDER BY seq LIMIT ?",
-            (limit,),
+            f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
 
     def delete(self, seqs):
         """Remove delivered messages by seq; return how many were still there."""
         with _transaction(self._db):
-            before = self._db.total_changes
-            self._db.executemany("DELETE FROM messages WHERE seq = ?", ((s,) for s in seqs))
-            return self._db.total_changes - before
+            return self._db.executemany("DELETE FROM messages WHERE seq = ?", ((s,) for s in seqs)).rowcount
+
+    def add_attempt(self, seq):
+        """Count one more failed attempt for a message; return its attempts now."""
+        with _transaction(self._db):
+            self._db.execute("UPDATE messages SET attempts = attempts + 1 WHERE seq = ?", (seq,))
+            row = self._db.execute("SELECT attempts FROM messages WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else 0
+
+    # --- dead letters ------------------------------------------------------------------------
+
+    def dead_letter(self, seqs, reason, now, status=None, excerpt=None):
+        """Move messages from the queue to dead letters with a reason; return how many moved."""
+        excerpt = excerpt[:EXCERPT_CHARS] if excerpt else excerpt
+        with _transaction(self._db):
+            moved = 0
+            for seq in seqs:
+                cursor = self._db.execute(
+                    f"INSERT INTO dead_letters ({_COLUMNS}, reason, status, excerpt, dead_at)"
+                    f" SELECT {_COLUMNS}, ?, ?, ?, ? FROM messages WHERE seq = ?",
+                    (reason, status, excerpt, now, seq),
+                )
+                moved += cursor.rowcount
+                self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+            return moved
+
+    def expire(self, received_after, received_before, now):
+        """Move messages received between two wall-clock times to dead letters as 'expired'."""
+        where = "WHERE received_at >= ? AND received_at < ?"
+        with _transaction(self._db):
+            cursor = self._db.execute(
+                f"INSERT INTO dead_letters ({_COLUMNS}, reason, status, excerpt, dead_at)"
+                f" SELECT {_COLUMNS}, 'expired', NULL, NULL, ? FROM messages {where} ORDER BY seq",
+                (now, received_after, received_before),
+            )
+            self._db.execute(f"DELETE FROM messages {where}", (received_after, received_before))
+            return cursor.rowcount
+
+    def trim_dead_letters(self, dead_before, max_rows):
+        """Forget dead letters older than a wall-clock time and all but the newest max_rows."""
+        with _transaction(self._db):
+            old = self._db.execute("DELETE FROM dead_letters WHERE dead_at < ?", (dead_before,)).rowcount
+            excess = self._db.execute(
+                "DELETE FROM dead_letters WHERE seq IN (SELECT seq FROM dead_letters ORDER BY seq DESC"
+                " LIMIT -1 OFFSET ?)", (max_rows,)).rowcount
+            return old + excess
+
+    def dead_letter_count(self):
+        return self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+
+    def dead_letters(self, limit=100):
+        """The newest dead letters as dicts (payload as bytes)."""
+        cursor = self._db.execute(
+            f"SELECT {_COLUMNS}, reason, status, excerpt, dead_at FROM dead_letters ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def replay_dead_letters(self, ids=None):
+        """Put dead letters (all, or those with the given ids) back at the end of the queue."""
+        where, args = _id_filter(ids)
+        with _transaction(self._db):
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO messages (id, topic, payload, qos, retain, received_at)"
+                f" SELECT id, topic, payload, qos, retain, received_at FROM dead_letters {where} ORDER BY seq",
+                args,
+            )
+            self._db.execute(f"DELETE FROM dead_letters {where}", args)
+            return cursor.rowcount
+
+    def purge_dead_letters(self, ids=None):
+        """Delete dead letters (all, or those with the given ids); return how many."""
+        where, args = _id_filter(ids)
+        with _transaction(self._db):
+            return self._db.execute(f"DELETE FROM dead_letters {where}", args).rowcount
+
+
+def _id_filter(ids):
+    if ids is None:
+        return "", ()
+    return f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
 
 
 def _statements(script):

@@ -1,10 +1,12 @@
 """Shared fixtures: free ports, deadlines, a private mosquitto, an HTTP sink and the real daemon."""
 
+import collections
 import http.server
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ import psutil
 import pytest
 import yaml
 
+from mqttbuffer.store import Store
 from tests.publisher import Publisher
 
 WORKERS = ("ingestor", "persister", "forwarder")
@@ -95,37 +98,44 @@ def mosquitto(tmp_path):
 
 
 class Sink:
-    """An HTTP API that records every request body and answers as the test tells it to."""
+    """An HTTP API that records every request and answers as the test tells it to.
+
+    ``status``/``headers``: the answer to every request; ``plan``: answers (status, headers) for
+    the next requests, used up first; ``mode``: "answer", "hang" (no answer until closed) or
+    "reset" (drop the connection); ``reject(message)``: a status for a message it refuses.
+    """
 
     def __init__(self):
-        self.requests = []  # (monotonic time, status answered, parsed body)
+        self.requests = []  # (monotonic time, status answered or mode, parsed body, headers)
         self.lock = threading.Lock()
         self.status = 200
         self.headers = {}
-        self.hang = threading.Event()
-        self.reject = None  # predicate(message) -> status for a bad message, or None
+        self.plan = collections.deque()
+        self.mode = "answer"
+        self.reject = None
+        self._closing = threading.Event()
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                length = int(self.headers.get("Content-Length", 0))
-                raw = self.rfile.read(length)
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 body = json.loads(raw)
-                if sink.hang.is_set():
-                    sink.hang_until_released()
-                    self.close_connection = True
-                    return
-                status = sink.status
-                if status == 200 and sink.reject:
-                    statuses = [sink.reject(m) for m in body]
-                    status = next((s for s in statuses if s), 200)
+                status, headers = sink.answer_for(body)
                 with sink.lock:
                     sink.requests.append((time.monotonic(), status, body, dict(self.headers)))
+                if status == "hang":
+                    sink._closing.wait(120)
+                    self.close_connection = True
+                    return
+                if status == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 reply = b'{"ok":true}' if status < 300 else b'{"error":"rejected by the test API"}'
                 self.send_response(status)
-                for name, value in sink.headers.items():
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -139,22 +149,29 @@ class Sink:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/ingest"
-        self._released = threading.Event()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def hang_until_released(self):
-        self._released.wait(60)
+    def answer_for(self, body):
+        with self.lock:
+            if self.plan:
+                return self.plan.popleft()
+            if self.mode != "answer":
+                return self.mode, {}
+            status, headers = self.status, dict(self.headers)
+        if status == 200 and self.reject:
+            status = next((s for s in map(self.reject, body) if s), 200)
+        return status, headers
 
     def delivered(self):
         """Every message object received with a 2xx answer, in arrival order."""
         with self.lock:
-            return [m for _, status, body, _ in self.requests if status < 300 for m in body]
+            return [m for _, status, body, _ in self.requests if status == 200 for m in body]
 
     def delivered_numbers(self):
         return [m["payload"]["n"] for m in self.delivered() if isinstance(m["payload"], dict)]
 
     def close(self):
-        self._released.set()
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -219,6 +236,23 @@ class Daemon:
             except psutil.NoSuchProcess:
                 continue
         return None
+
+    def ctl(self, *args):
+        """Run mqttbufferctl against this daemon; return (exit code, stdout, stderr)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "mqttbuffer.ctl", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=20, env=self.env,
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def status(self):
+        code, out, err = self.ctl("status", "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+    def store(self):
+        """A connection of the test's own to the daemon's store."""
+        return Store.open(self.config["buffer"]["persist_file"])
 
     def all_workers_running(self):
         return all(self.worker_pid(name) for name in WORKERS)

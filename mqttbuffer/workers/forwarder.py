@@ -1,22 +1,30 @@
-"""The forwarder: posts the oldest waiting messages to the API and deletes them on a 2xx.
+"""The forwarder: posts the oldest waiting messages to the API and acts on the answer.
 
 A batch goes out when it holds ``buffer.batch_size`` messages or when its oldest message has
-waited ``buffer.flush_interval`` seconds. Every request has a timeout (``api.timeout``); a failed
-one leaves the messages in the store and is retried after a growing delay.
+waited ``buffer.flush_interval`` seconds. Every request has a timeout (``api.timeout``). What an
+answer means and what comes next (backoff, circuit breaker, splitting a batch to isolate a
+message the API refuses, dead letters) is decided by ``delivery.DeliveryPolicy``; this module
+only does the I/O and the logging.
 """
 
+import logging
+import random
 import time
 
 import urllib3
 
 from mqttbuffer import __version__, ipc
+from mqttbuffer.delivery import DELIVERED, FAILED, REJECTED, DeliveryPolicy, classify, parse_retry_after
+from mqttbuffer.stats import CIRCUIT_STATES
 from mqttbuffer.store import Store
 from mqttbuffer.wire import encode_body
 from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
 MAX_POLL_INTERVAL = 0.25
 GAUGE_INTERVAL = 1.0
-FIRST_RETRY_DELAY, MAX_RETRY_DELAY = 2.0, 32.0
+EXCERPT_BYTES = 500
+BREAKER_LOG = {"open": "Circuit breaker opened", "half-open": "Circuit breaker half-open",
+               "closed": "Circuit breaker closed"}
 
 
 def request_headers(api_key):
@@ -28,31 +36,44 @@ def request_headers(api_key):
     return headers
 
 
+class Answer:
+    """What came back for one request: a status (None: no answer), Retry-After, an excerpt."""
+
+    __slots__ = ("status", "retry_after", "excerpt", "problem")
+
+    def __init__(self, status, retry_after=None, excerpt="", problem=""):
+        self.status, self.retry_after, self.excerpt, self.problem = status, retry_after, excerpt, problem
+
+
 class Forwarder(Worker):
     name = "forwarder"
 
     def setup(self):
         self.store = Store.open(self.cfg.buffer.persist_file)
+        api = self.cfg.api
         self.http = urllib3.PoolManager(
             num_pools=1, maxsize=1, retries=False,
-            timeout=urllib3.Timeout(connect=min(10.0, self.cfg.api.timeout), read=self.cfg.api.timeout),
+            timeout=urllib3.Timeout(connect=min(10.0, api.timeout), read=api.timeout),
         )
-        self.headers = request_headers(self.cfg.api.key)
-        self.poll_interval = min(MAX_POLL_INTERVAL, self.cfg.buffer.flush_interval / 4)
+        self.headers = request_headers(api.key)
+        buffer, breaker = self.cfg.buffer, self.cfg.circuit_breaker
+        self.policy = DeliveryPolicy(buffer.batch_size, buffer.max_retries, breaker.max_failures,
+                                     breaker.timeout, api.max_retry_after, random.Random())
+        self.poll_interval = min(MAX_POLL_INTERVAL, buffer.flush_interval / 4)
         self.oldest_seq = None
         self.oldest_since = 0.0
-        self.next_attempt = 0.0
-        self.retry_delay = FIRST_RETRY_DELAY
         self.gauges_at = 0.0
 
     def step(self, now):
         if now >= self.gauges_at:
             self._update_gauges()
             self.gauges_at = now + GAUGE_INTERVAL
-        if now < self.next_attempt:
-            self._idle(min(self.poll_interval, self.next_attempt - now))
+        if not self.policy.may_send(now):
+            self._log_breaker()
+            self._idle(min(self.poll_interval * 4, max(0.0, self.policy.next_attempt_at() - now)))
             return
-        rows = self.store.oldest(self.cfg.buffer.batch_size)
+        self._log_breaker()
+        rows = self.store.oldest(self.policy.batch_limit())
         if not rows:
             self.oldest_seq = None
             self._idle(self.poll_interval)
@@ -60,41 +81,81 @@ class Forwarder(Worker):
         if rows[0][0] != self.oldest_seq:
             self.oldest_seq, self.oldest_since = rows[0][0], now
         waited = max(now - self.oldest_since, time.time() - rows[0][6])
-        if len(rows) < self.cfg.buffer.batch_size and waited < self.cfg.buffer.flush_interval:
+        if len(rows) < self.policy.batch_limit() and waited < self.cfg.buffer.flush_interval:
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
         self._deliver(rows, now)
+
+    def _deliver(self, rows, now):
+        answer = self._post(rows, now)
+        now = time.monotonic()
+        kind = classify(answer.status)
+        attempts_after = rows[0][7] + 1 if kind == FAILED and len(rows) == 1 else 0
+        decision = self.policy.decide(kind, len(rows), now, answer.retry_after, attempts_after)
+        seqs = [row[0] for row in rows]
+        if kind != DELIVERED:
+            self.stats.add("requests_failed")
+        if decision.action == "delete":
+            self.store.delete(seqs)
+            self.stats.add("delivered", len(rows))
+            self.log.info("Successfully sent %d messages", len(rows))
+        elif decision.action == "dead_letter":
+            if decision.reason == "retries_exhausted":
+                self.store.add_attempt(seqs[0])
+            self.store.dead_letter(seqs, decision.reason, time.time(), answer.status, answer.excerpt)
+            self.stats.add("rejected" if decision.reason == "rejected" else "retries_exhausted")
+            self.log.warning("Message %s (topic %s) moved to dead letters: %s, %s: %s", rows[0][1], rows[0][2],
+                             decision.reason, answer.problem, answer.excerpt[:200])
+        elif decision.action == "count_attempt":
+            attempts = self.store.add_attempt(seqs[0])
+            self.log.warning("Message %s (topic %s) failed with %s (attempt %d of %s); retrying in %.1fs",
+                             rows[0][1], rows[0][2], answer.problem, attempts,
+                             self.cfg.buffer.max_retries or "unlimited", decision.wait)
+        elif kind in (REJECTED, FAILED):
+            self.log.warning("API answered %s for %d messages; splitting the batch to find the one it refuses",
+                             answer.problem, len(rows))
+        else:
+            self.log.warning("Sending %d messages failed (%s); retrying in %.1fs",
+                             len(rows), answer.problem, decision.wait)
+        self._log_breaker()
+        self._update_gauges()
+
+    def _post(self, rows, now):
+        body = encode_body([row[1:7] for row in rows])
+        self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
+        self.stats.add("requests")
+        try:
+            response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
+                                         preload_content=False)
+            try:
+                excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
+                response.drain_conn()
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as exc:
+            return Answer(None, problem=f"{type(exc).__name__}: {exc}")
+        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
+        return Answer(response.status, retry_after, excerpt, f"HTTP {response.status}")
+
+    def _log_breaker(self):
+        while self.policy.state_changes:
+            state = self.policy.state_changes.pop(0)
+            self.stats.set("circuit_state", CIRCUIT_STATES.index(state))
+            self.log.log(logging.WARNING if state == "open" else logging.INFO, "%s", BREAKER_LOG[state])
 
     def _update_gauges(self):
         count, size = self.store.totals()
         self.stats.set("pending", count)
         self.stats.set("pending_bytes", size)
         self.stats.set("oldest_received_at", self.store.oldest_received_at() or 0.0)
+        self.stats.set("dead_letters", self.store.dead_letter_count())
+        next_at = self.policy.next_attempt_at()
+        now = time.monotonic()
+        self.stats.set("next_attempt_at", time.time() + next_at - now if next_at > now else 0.0)
 
     def _idle(self, seconds):
         ipc.wait([self.wake_r], seconds)
         self.drain_wakeups()
-
-    def _deliver(self, rows, now):
-        body = encode_body([row[1:7] for row in rows])
-        self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
-        self.stats.add("requests")
-        try:
-            response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers)
-            status, problem = response.status, f"HTTP {response.status}"
-        except urllib3.exceptions.HTTPError as exc:
-            status, problem = None, f"{type(exc).__name__}: {exc}"
-        if status is not None and 200 <= status < 300:
-            self.store.delete([row[0] for row in rows])
-            self.stats.add("delivered", len(rows))
-            self._update_gauges()
-            self.log.info("Successfully sent %d messages", len(rows))
-            self.retry_delay = FIRST_RETRY_DELAY
-            return
-        self.stats.add("requests_failed")
-        self.log.warning("Sending %d messages failed (%s); retrying in %gs", len(rows), problem, self.retry_delay)
-        self.next_attempt = now + self.retry_delay
-        self.retry_delay = min(self.retry_delay * 2, MAX_RETRY_DELAY)
 
     def shutdown(self):
         self.http.clear()

@@ -2,19 +2,29 @@
 
 It listens for the ingestor, commits every batch that arrived while the previous commit ran in
 one transaction (group commit: one fsync for all of them), and only then confirms those batches,
-so the ingestor acks nothing that is not on disk. A batch it cannot commit (disk full, I/O error)
-stays unconfirmed and is retried; the ingestor keeps the messages meanwhile.
+so the ingestor acks nothing that is not on disk. It also enforces the store's bounds
+(``buffer.max_size``/``max_bytes`` with ``overflow``) and, every ``cleanup_interval``, retention.
+
+A batch it does not commit stays unconfirmed, and the ingestor keeps its messages, acks nothing
+and so lets the broker hold the rest: that is what ``overflow: block`` and a full disk do. Both are
+retried every ``RETRY_COMMIT_AFTER`` seconds, logged once when they start and once when they end.
 """
 
 import os
 import sqlite3
+import time
 
 from mqttbuffer import ipc
-from mqttbuffer.store import Store
+from mqttbuffer.store import ROW_OVERHEAD, Store
 from mqttbuffer.workers.base import Worker
 
 LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = 1.0
+DROP_LOG_INTERVAL = 10.0
+DAY = 86400.0
+# Messages stamped before this wall-clock time were received while the clock was unset (a Pi
+# has no RTC until NTP syncs); their age is unknown, so retention leaves them alone.
+PLAUSIBLE_EPOCH = 1_700_000_000.0
 
 
 class Persister(Worker):
@@ -28,7 +38,10 @@ class Persister(Worker):
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
         self.retry_at = 0.0
-        self.commit_failing = False
+        self.problem = None  # why commits are held back: "full", "error", or None
+        self.dropped_unlogged = 0
+        self.drop_log_at = 0.0
+        self.cleanup_at = time.monotonic()
 
     def step(self, now):
         timeout = 0.5 if not self.uncommitted else max(0.0, self.retry_at - now)
@@ -44,6 +57,14 @@ class Persister(Worker):
                 self._receive(source)
         if self.uncommitted and now >= self.retry_at:
             self._commit(now)
+        if now >= self.cleanup_at:
+            self.cleanup_at = now + self.cfg.buffer.cleanup_interval
+            self._clean_up()
+        if self.dropped_unlogged and now >= self.drop_log_at:
+            self.log.warning("Buffer full: dropped the %d oldest messages (overflow: drop_oldest)",
+                             self.dropped_unlogged)
+            self.dropped_unlogged = 0
+            self.drop_log_at = now + DROP_LOG_INTERVAL
 
     def _receive(self, link):
         """Take every batch waiting on link, so one commit covers all of them."""
@@ -60,37 +81,94 @@ class Persister(Worker):
         link.close()
         self.uncommitted = [u for u in self.uncommitted if u[0] is not link]
 
+    def _batches_that_fit(self):
+        """Under overflow: block, the leading batches that fit in the bounds (at least one when empty)."""
+        buffer = self.cfg.buffer
+        if buffer.overflow != "block":
+            return len(self.uncommitted)
+        stored, size = self.store.totals()
+        count = stored
+        fitting = 0
+        for _, _, rows in self.uncommitted:
+            count += len(rows)
+            size += sum(len(r[2]) + len(r[1]) + ROW_OVERHEAD for r in rows)
+            if (count > buffer.max_size or size > buffer.max_bytes) and (fitting or stored):
+                break
+            fitting += 1
+        return fitting
+
+    def _hold(self, now, problem, message, *args):
+        if self.problem != problem:
+            self.log.warning(message, *args)
+        self.problem = problem
+        self.stats.set("blocked", 1)
+        self.retry_at = now + RETRY_COMMIT_AFTER
+
     def _commit(self, now):
-        rows = [row for _, _, batch in self.uncommitted for row in batch]
-        try:
-            inserted = self.store.insert(rows)
-        except sqlite3.Error as exc:
-            if not self.commit_failing:
-                self.log.error("Cannot commit %d messages to %s: %s; retrying, nothing is acked meanwhile",
-                               len(rows), self.cfg.buffer.persist_file, exc)
-            self.commit_failing = True
-            self.retry_at = now + RETRY_COMMIT_AFTER
+        fitting = self._batches_that_fit()
+        if not fitting:
+            count, size = self.store.totals()
+            self._hold(now, "full", "Buffer full (%d messages, %d bytes): not acking until the forwarder"
+                       " frees space (overflow: block)", count, size)
             return
+        batches, rest = self.uncommitted[:fitting], self.uncommitted[fitting:]
+        rows = [row for _, _, batch in batches for row in batch]
+        bounded = self.cfg.buffer.overflow == "drop_oldest"
+        try:
+            inserted, dropped = self.store.insert(
+                rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None
+            )
+        except sqlite3.Error as exc:
+            full = "full" in str(exc)
+            self._hold(now, "error", "Cannot commit %d messages to %s: %s%s; not acking until it works again",
+                       len(rows), self.cfg.buffer.persist_file, exc,
+                       " (no space left on the device)" if full else "")
+            return
+        if self.problem:
+            self.log.info("Committing again; the broker's held messages follow")
+            self.problem = None
+            self.stats.set("blocked", 0)
         self.stats.add("persisted", inserted)
-        if self.commit_failing:
-            self.log.info("Commits to %s work again", self.cfg.buffer.persist_file)
-            self.commit_failing = False
+        if dropped:
+            self.stats.add("dropped", dropped)
+            self.dropped_unlogged += dropped
+        self.uncommitted = rest
+        if rest:
+            self.retry_at = now + RETRY_COMMIT_AFTER
         confirmed = {}
-        for link, batch_no, _ in self.uncommitted:
+        for link, batch_no, _ in batches:
             confirmed.setdefault(link, []).append(batch_no)
-        self.uncommitted = []
         for link, numbers in confirmed.items():
             try:
                 link.send(numbers)
             except ipc.LINK_ERRORS:
                 self._drop(link)
 
+    def _clean_up(self):
+        buffer, wall = self.cfg.buffer, time.time()
+        try:
+            cutoff = wall - buffer.message_retention_days * DAY
+            expired = self.store.expire(PLAUSIBLE_EPOCH, cutoff, wall)
+            forgotten = self.store.trim_dead_letters(wall - buffer.dead_letter_retention_days * DAY,
+                                                     buffer.dead_letter_max_size)
+        except sqlite3.Error as exc:
+            self.log.error("Cleanup of %s failed: %s; trying again in %gs", buffer.persist_file, exc,
+                           buffer.cleanup_interval)
+            return
+        if expired:
+            self.stats.add("expired", expired)
+            self.log.warning("Moved %d messages older than %g days to dead letters (expired)",
+                             expired, buffer.message_retention_days)
+        if forgotten:
+            self.log.info("Forgot %d dead letters (older than %g days or beyond %d kept)", forgotten,
+                          buffer.dead_letter_retention_days, buffer.dead_letter_max_size)
+
     def shutdown(self):
         # Commit and confirm what already arrived, so the ingestor can ack it before it disconnects.
         for link in list(self.links):
             self._receive(link)
         if self.uncommitted:
-            self._commit(0.0)
+            self._commit(time.monotonic())
         for link in self.links:
             link.close()
         self.listener.close()

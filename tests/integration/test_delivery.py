@@ -1,0 +1,169 @@
+"""Delivery policy against a real broker and an HTTP API that misbehaves on command."""
+
+import re
+import time
+
+import pytest
+
+from tests.conftest import wait_until
+from tests.integration.test_pipeline import assert_all_arrived
+
+pytestmark = pytest.mark.integration
+
+FAST_BREAKER = {"max_failures": 5, "timeout": 2}
+
+
+def requests_between(sink, start, end):
+    with sink.lock:
+        return [r for r in sink.requests if start <= r[0] < end]
+
+
+def test_503_with_retry_after_is_honoured_and_nothing_is_lost(mosquitto, sink, make_daemon, publisher):
+    sink.status, sink.headers = 503, {"Retry-After": "2"}
+    make_daemon(mosquitto, sink).start()
+    start = time.monotonic()
+    publisher.publish(750, rate=50)  # 15 s of traffic while the API answers 503
+    end = time.monotonic()
+    sink.status, sink.headers = 200, {}
+    during = requests_between(sink, start, end)
+    print(f"{len(during)} requests in {end - start:.1f}s of 503")
+    assert 1 <= len(during) <= 9
+    assert_all_arrived(sink, publisher.accepted(), timeout=90)
+
+
+def test_429_retry_after_5_delays_the_next_request(mosquitto, sink, make_daemon, publisher):
+    sink.plan.append((429, {"Retry-After": "5"}))
+    make_daemon(mosquitto, sink).start()
+    publisher.publish(20)
+    assert_all_arrived(sink, publisher.accepted())
+    first, second = sink.requests[0][0], sink.requests[1][0]
+    print(f"next request {second - first:.2f}s after the 429")
+    assert sink.requests[0][1] == 429 and second - first >= 5.0
+
+
+def test_three_rejected_messages_are_isolated_and_the_rest_delivered(mosquitto, sink, make_daemon, publisher):
+    bad = {100, 500, 900}
+    sink.reject = lambda m: 400 if m["payload"]["n"] in bad else None
+    daemon = make_daemon(mosquitto, sink, buffer={"batch_size": 500, "flush_interval": 0.2}).start()
+    accepted = publisher.publish(1000, rate=1000).accepted()
+    good = accepted - bad
+    wait_until(lambda: good <= set(sink.delivered_numbers()), 60, "997 good messages")
+    last_good = max(t for t, status, body, _ in sink.requests if status == 200)
+    last_rejected = max(t for t, status, body, _ in sink.requests if status == 400 and len(body) == 1)
+    print(f"{len(sink.requests)} requests; last good delivery {last_good - last_rejected:+.2f}s"
+          " after the last bad message was isolated")
+    assert last_good - last_rejected < 3.0
+    assert not bad & set(sink.delivered_numbers())
+    store = daemon.store()
+    letters = wait_until(lambda: store.dead_letters() if store.dead_letter_count() == 3 else None, 10,
+                         "3 dead letters")
+    assert {int(re.search(rb'"n": (\d+)', d["payload"]).group(1)) for d in letters} == bad
+    assert all(d["reason"] == "rejected" and d["status"] == 400 and "rejected by the test API" in d["excerpt"]
+               for d in letters)
+    status = daemon.status()
+    assert status["counters"]["rejected"] == 3 and status["buffer"]["dead_letters"] == 3
+
+
+def test_an_api_that_never_answers_is_abandoned_at_the_timeout(mosquitto, sink, make_daemon, publisher):
+    sink.mode = "hang"
+    daemon = make_daemon(mosquitto, sink, api={"timeout": 1}, circuit_breaker=FAST_BREAKER).start()
+    accepted = publisher.publish(100).accepted()
+    wait_until(lambda: len(sink.requests) >= 2, 20, "a second request after the first timed out")
+    gap = sink.requests[1][0] - sink.requests[0][0]
+    print(f"second request {gap:.2f}s after the first hung")
+    assert 1.0 + 1.6 <= gap < 10
+    assert "ReadTimeoutError" in daemon.log()
+    sink.mode = "answer"
+    assert_all_arrived(sink, accepted, timeout=60)
+
+
+def test_an_api_that_resets_connections_is_retried(mosquitto, sink, make_daemon, publisher):
+    sink.plan.extend([("reset", {})] * 3)
+    daemon = make_daemon(mosquitto, sink, circuit_breaker=FAST_BREAKER).start()
+    accepted = publisher.publish(100).accepted()
+    assert_all_arrived(sink, accepted, timeout=60)
+    assert sum(1 for r in sink.requests if r[1] == "reset") == 3
+    assert "Sending 100 messages failed" in daemon.log() or "Sending" in daemon.log()
+
+
+def test_a_persistent_500_for_one_message_ends_in_dead_letters(mosquitto, sink, make_daemon, publisher):
+    sink.reject = lambda m: 500 if m["payload"]["n"] == 50 else None
+    daemon = make_daemon(mosquitto, sink, buffer={"max_retries": 3}).start()
+    accepted = publisher.publish(200).accepted()
+    good = accepted - {50}
+    wait_until(lambda: good <= set(sink.delivered_numbers()), 90, "the 199 other messages")
+    store = daemon.store()
+    letter = wait_until(lambda: store.dead_letters(), 10, "a dead letter")[0]
+    assert letter["reason"] == "retries_exhausted" and letter["status"] == 500 and letter["attempts"] == 3
+    single_tries = [r for r in sink.requests if r[1] == 500 and len(r[2]) == 1]
+    assert len(single_tries) == 3
+    print(f"{len(sink.requests)} requests; dead letter after {letter['attempts']} attempts")
+
+
+def _watch_store(daemon, stop_when, largest):
+    store = daemon.store()
+
+    def check():
+        largest.append(store.totals()[0])
+        return stop_when()
+
+    return check
+
+
+def test_drop_oldest_keeps_the_store_within_max_size(mosquitto, sink, make_daemon, publisher):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, buffer={"max_size": 1000}, circuit_breaker=FAST_BREAKER).start()
+    store, largest = daemon.store(), []
+    accepted = publisher.publish(5000, rate=2500, during=lambda n: n % 50 or largest.append(store.totals()[0]))
+    accepted = accepted.accepted()
+    wait_until(lambda: largest.append(store.totals()[0]) or daemon.status()["counters"]["persisted"] >= 5000,
+               30, "all 5000 persisted")
+    status = daemon.status()
+    print(f"largest store seen: {max(largest)}; dropped {status['counters']['dropped']}")
+    assert max(largest) <= 1000
+    assert status["counters"]["dropped"] == 4000
+    wait_until(lambda: "dropped the" in daemon.log(), 15, "the drop log line")
+    sink.status = 200
+    assert_all_arrived(sink, set(range(4000, 5000)), timeout=60)
+    assert not set(range(4000)) & set(sink.delivered_numbers())
+
+
+def test_block_drops_nothing_and_delivers_all_when_the_api_returns(mosquitto, sink, make_daemon, publisher):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, buffer={"max_size": 1000, "overflow": "block"},
+                         circuit_breaker=FAST_BREAKER).start()
+    store, largest = daemon.store(), []
+    accepted = publisher.publish(5000, rate=2500, during=lambda n: n % 50 or largest.append(store.totals()[0]))
+    accepted = accepted.accepted()
+    wait_until(lambda: daemon.status()["buffer"]["blocked"], 20, "the persister to block")
+    assert "Buffer full" in daemon.log()
+    largest.append(store.totals()[0])
+    print(f"largest store seen under block: {max(largest)}")
+    assert max(largest) <= 1000
+    sink.status = 200
+    assert_all_arrived(sink, accepted, timeout=90)
+    assert daemon.status()["counters"]["dropped"] == 0
+
+
+def test_retention_moves_old_messages_to_dead_letters(mosquitto, sink, make_daemon, publisher):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, circuit_breaker=FAST_BREAKER,
+                         buffer={"message_retention_days": 2 / 86400, "cleanup_interval": 0.5}).start()
+    publisher.publish(30).accepted()
+    wait_until(lambda: daemon.status()["counters"]["expired"] == 30, 20, "30 expired messages")
+    assert "Moved 30 messages older than" in daemon.log()
+    assert {d["reason"] for d in daemon.store().dead_letters()} == {"expired"}
+
+
+def test_breaker_and_stats_lines_are_logged(mosquitto, sink, make_daemon, publisher):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, circuit_breaker={"max_failures": 2, "timeout": 1},
+                         logging={"level": "info", "stats_interval": 0.5}).start()
+    accepted = publisher.publish(10).accepted()
+    wait_until(lambda: "Circuit breaker opened" in daemon.log(), 30, "the breaker to open")
+    sink.status = 200
+    assert_all_arrived(sink, accepted, timeout=60)
+    log = daemon.log()
+    assert "Circuit breaker half-open" in log and "Circuit breaker closed" in log
+    assert re.search(r"Buffer stats: pending=\d+ oldest=\S+ dead_letters=0 circuit=\S+ in=[\d.]+/s out=[\d.]+/s", log)
+    assert re.search(r"Successfully sent \d+ messages", log)
