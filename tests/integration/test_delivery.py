@@ -1,6 +1,8 @@
 """Delivery policy against a real broker and an HTTP API that misbehaves on command."""
 
+import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -167,3 +169,43 @@ def test_breaker_and_stats_lines_are_logged(mosquitto, sink, make_daemon, publis
     assert "Circuit breaker half-open" in log and "Circuit breaker closed" in log
     assert re.search(r"Buffer stats: pending=\d+ oldest=\S+ dead_letters=0 circuit=\S+ in=[\d.]+/s out=[\d.]+/s", log)
     assert re.search(r"Successfully sent \d+ messages", log)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs of the test's own (needs root, as in CI), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_blocks_acking_until_space_returns(small_disk, mosquitto, sink, make_daemon, publisher):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, circuit_breaker=FAST_BREAKER,
+                         buffer={"persist_file": str(small_disk / "buffer.db")}).start()
+    publisher.publish(50).accepted()
+    wait_until(lambda: daemon.status()["counters"]["persisted"] == 50, 20, "the first 50 on disk")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    accepted = publisher.publish(2000, rate=1000).accepted()
+    wait_until(lambda: "no space left on the device" in daemon.log(), 20, "the disk-full log line")
+    assert daemon.status()["buffer"]["blocked"]
+    assert daemon.process.poll() is None and daemon.all_workers_running()
+    filler.unlink()
+    sink.status = 200
+    assert_all_arrived(sink, accepted, timeout=60)
+    assert "Committing again" in daemon.log()
+    assert daemon.status()["counters"]["dropped"] == 0
