@@ -1,6 +1,7 @@
 """The ``mqttbuffer`` command: run the daemon in the foreground, or check a config."""
 
 import argparse
+import logging
 import os
 import sys
 
@@ -38,6 +39,8 @@ def main(argv=None):
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False, default_flow_style=False))
         return 0
     setup_logging(cfg.logging.level, cfg.secrets())
+    for warning in cfg.warnings:
+        logging.getLogger("mqttbuffer").warning("%s", warning)
     try:
         # Opened once before forking to create the schema and fail early; the supervisor keeps no
         # connection, each worker opens its own.

@@ -13,6 +13,7 @@ import types
 import yaml
 
 from mqttbuffer import validators as v
+from mqttbuffer.secrets import resolve_secrets
 
 EX_CONFIG = 78
 REDACTED = "***"
@@ -55,6 +56,7 @@ SCHEMA = {
         "client_id": ("", v.valid_string),
         "username": ("", v.valid_string),
         "password": ("", v.valid_string),
+        "password_file": ("", v.valid_string),
         "reconnect_interval": (5.0, v.valid_float_gt0),
         "max_reconnect_interval": (60.0, v.valid_float_gt0),
         "qos": (1, _valid_qos),
@@ -67,6 +69,7 @@ SCHEMA = {
     "api": {
         "url": (REQUIRED, v.valid_http_url),
         "key": ("", v.valid_string),
+        "key_file": ("", v.valid_string),
         "timeout": (30.0, v.valid_float_gt0),
         "max_retry_after": (300.0, v.valid_float_ge0),
     },
@@ -95,6 +98,13 @@ SCHEMA = {
     "control": {
         "socket": ("", v.valid_string),
     },
+    "limits": {
+        "ingestor_memory_mb": (128.0, v.valid_float_ge0),
+        "persister_memory_mb": (128.0, v.valid_float_ge0),
+        "forwarder_memory_mb": (128.0, v.valid_float_ge0),
+        "memory_check_interval": (5.0, v.valid_float_gt0),
+        "heartbeat_timeout": (30.0, v.valid_float_gt0),
+    },
 }
 
 
@@ -111,7 +121,7 @@ class Config(Section):
         def plain(section, path):
             out = {}
             for key, value in vars(section).items():
-                if key == "source":
+                if key in ("source", "warnings"):
                     continue
                 if isinstance(value, Section):
                     out[key] = plain(value, path + (key,))
@@ -218,6 +228,7 @@ def load_config(path, environ=None):
     cfg = _build(path, SCHEMA, _parse(path, text), "", Config)
     cfg.source = path
     _check_relations(path, cfg)
+    cfg.warnings = resolve_secrets(path, cfg, environ)
     cfg.buffer.persist_file = os.path.abspath(cfg.buffer.persist_file or _default_store(environ))
     if not cfg.control.socket:
         runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]

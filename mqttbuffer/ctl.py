@@ -5,6 +5,7 @@ problem, 3 the daemon is not running.
 """
 
 import argparse
+import datetime
 import json
 import sys
 
@@ -12,6 +13,7 @@ from mqttbuffer.cli import DEFAULT_CONFIG
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.control.client import NotRunning, request
 from mqttbuffer.status import format_summary
+from mqttbuffer.store import Store, StoreError
 
 EX_OK, EX_ERROR, EX_USAGE, EX_NOT_RUNNING = 0, 1, 2, 3
 
@@ -27,6 +29,11 @@ def parse_args(argv):
     status.add_argument("--json", action="store_true", help="the full status document as JSON")
     restart = commands.add_parser("restart-worker", help="restart one worker (returns at once)")
     restart.add_argument("name", choices=["ingestor", "persister", "forwarder"])
+    dead = commands.add_parser("dead-letters", help="list, replay or purge messages the API did not take")
+    dead.add_argument("action", nargs="?", choices=["list", "replay", "purge"], default="list")
+    dead.add_argument("ids", nargs="*", help="message ids (replay/purge; default: all)")
+    dead.add_argument("--limit", type=int, default=50, help="how many to list, newest first (default 50)")
+    dead.add_argument("--json", action="store_true", help="list as JSON")
     return parser.parse_args(argv)
 
 
@@ -48,7 +55,7 @@ def main(argv=None):
         return EX_USAGE
     command_args = {"name": args.name} if args.command == "restart-worker" else {}
     try:
-        reply = request(path, args.command, **command_args)
+        reply = request(path, "status" if args.command == "dead-letters" else args.command, **command_args)
     except NotRunning as exc:
         print(f"mqttbufferctl: mqttbuffer is not running ({exc}); start it with"
               " 'systemctl start mqttbuffer' or 'mqttbuffer --config FILE'", file=sys.stderr)
@@ -60,10 +67,45 @@ def main(argv=None):
         print(f"mqttbufferctl: {reply.get('error', 'error')}", file=sys.stderr)
         return EX_ERROR
     data = reply["data"]
+    if args.command == "dead-letters":
+        return dead_letters(args, data["store"])
     if args.command == "status":
         print(json.dumps(data, indent=2) if args.json else format_summary(data))
     else:
         print(f"restarting {data['name']} (pid {data['pid']})")
+    return EX_OK
+
+
+def dead_letters(args, store_path):
+    """Dead letters are read and changed in the store itself: the supervisor holds no SQLite
+    connection, and a replay only moves rows inside one transaction of the store."""
+    try:
+        store = Store.open(store_path)
+    except StoreError as exc:
+        print(f"mqttbufferctl: cannot open the store: {exc} (run as root or as the daemon's user)", file=sys.stderr)
+        return EX_ERROR
+    try:
+        ids = args.ids or None
+        if args.action == "replay":
+            print(f"replayed {store.replay_dead_letters(ids)} dead letters into the queue")
+        elif args.action == "purge":
+            print(f"purged {store.purge_dead_letters(ids)} dead letters")
+        else:
+            letters = store.dead_letters(args.limit)
+            if args.json:
+                for letter in letters:
+                    letter["payload"] = letter["payload"].decode("utf-8", "replace")
+                print(json.dumps(letters, indent=2))
+            else:
+                print(f"{store.dead_letter_count()} dead letters" + (f", newest {len(letters)}:" if letters else ""))
+                for d in letters:
+                    dead_at = datetime.datetime.fromtimestamp(d["dead_at"]).strftime("%Y-%m-%d %H:%M:%S")
+                    status = f" HTTP {d['status']}" if d["status"] else ""
+                    print(f"  {d['id']}  {dead_at}  {d['reason']}{status}  attempts {d['attempts']}  {d['topic']}")
+                    if d["excerpt"]:
+                        print(f"      {d['excerpt'][:200]}")
+    finally:
+        store.close()
     return EX_OK
 
 

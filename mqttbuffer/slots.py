@@ -23,6 +23,7 @@ log = logging.getLogger("mqttbuffer.supervisor")
 RUNNING_AFTER = 1.0
 FIRST_DELAY, MAX_DELAY, RESET_AFTER = 1.0, 60.0, 60.0
 RESTART_GRACE = 5.0
+STARTUP_GRACE = 15.0
 
 
 def describe_exit(exitcode):
@@ -40,8 +41,9 @@ def describe_exit(exitcode):
 
 
 class Slot:
-    def __init__(self, worker, context):
+    def __init__(self, worker, context, stats):
         self.worker = worker
+        self.stats = stats
         self.name = worker.name
         self.context = context
         self.process = None
@@ -52,6 +54,8 @@ class Slot:
         self.kill_at = 0.0
         self.delay = FIRST_DELAY
         self.restarts = 0
+        self.hangs = 0
+        self.memory_restarts = 0
         self.last_exit = None
         self.after_stop = None  # "restart" or "backoff" while STOPPING for a restart
 
@@ -71,6 +75,8 @@ class Slot:
         }.get(self.state)
 
     def start(self, now):
+        # Room for setup (opening the store can wait on its lock) before heartbeats are due.
+        self.stats.beat(self.name, now + STARTUP_GRACE)
         self.process = self.context.Process(target=self.worker.run, name=self.name)
         self.process.start()
         self.pid = self.process.pid
@@ -89,7 +95,7 @@ class Slot:
             self.start(now)
         elif self.state == "STOPPING" and now >= self.kill_at:
             log.warning("%s (pid %s) did not stop within %gs; killing it", self.name, self.pid, RESTART_GRACE)
-            self._signal(signal.SIGKILL)
+            self.send_signal(signal.SIGKILL)
             self.kill_at = now + RESTART_GRACE
         return None
 
@@ -125,7 +131,7 @@ class Slot:
         self.after_stop = "backoff" if backoff else "restart"
         self.kill_at = now + RESTART_GRACE
         self._transition("STOPPING", reason)
-        self._signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def terminate(self):
         """Begin the final stop (daemon shutdown)."""
@@ -134,7 +140,7 @@ class Slot:
             return
         self.after_stop = None
         self._transition("STOPPING")
-        self._signal(signal.SIGTERM)
+        self.send_signal(signal.SIGTERM)
 
     def wait_stopped(self, deadline):
         if self.process is None:
@@ -147,7 +153,7 @@ class Slot:
         self.last_exit = describe_exit(self.process.exitcode)
         self._transition("EXITED", self.last_exit)
 
-    def _signal(self, signum):
+    def send_signal(self, signum):
         try:
             os.kill(self.process.pid, signum)
         except ProcessLookupError:
@@ -169,4 +175,6 @@ class Slot:
             "restarts": self.restarts,
             "rss_bytes": rss,
             "last_exit": self.last_exit,
+            "hangs": self.hangs,
+            "memory_restarts": self.memory_restarts,
         }

@@ -18,9 +18,11 @@ from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
 from mqttbuffer.config import EX_CONFIG
 from mqttbuffer.control.server import ControlError, ControlServer
+from mqttbuffer.health import HealthChecks
 from mqttbuffer.slots import Slot
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.status import Rates, buffer_and_circuit, counters, stats_line
+from mqttbuffer.systemd import Notifier
 from mqttbuffer.workers.forwarder import Forwarder
 from mqttbuffer.workers.ingestor import Ingestor
 from mqttbuffer.workers.persister import Persister
@@ -32,6 +34,7 @@ log = logging.getLogger("mqttbuffer.supervisor")
 INGESTOR_STOP_GRACE = 6.0
 PERSISTER_STOP_GRACE = 2.0
 TOTAL_STOP_GRACE = 9.0
+STATUS_NOTIFY_INTERVAL = 5.0
 
 
 class Supervisor:
@@ -61,7 +64,11 @@ class Supervisor:
             Ingestor(self.cfg, links_dir, self.stats, client_id),
             Forwarder(self.cfg, links_dir, self.stats),
         )
-        self.slots = {w.name: Slot(w, FORK) for w in workers}
+        self.slots = {w.name: Slot(w, FORK, self.stats) for w in workers}
+        self.health = HealthChecks(self.cfg.limits, self.stats)
+        self.notifier = Notifier()
+        self.ready_sent = False
+        self.next_watchdog = self.next_status_notify = 0.0
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -85,8 +92,10 @@ class Supervisor:
                     # A supervisor bug must not orphan the workers or stop ingestion.
                     log.exception("Supervisor loop failed; continuing")
                     time.sleep(0.5)
+            self.notifier.notify("STOPPING=1")
             self._stop_all()
         finally:
+            self.notifier.close()
             signal.set_wakeup_fd(-1)
             os.close(wake_r)
             os.close(wake_w)
@@ -125,8 +134,24 @@ class Supervisor:
             if code == EX_CONFIG:
                 log.error("%s found a configuration problem (exit 78); stopping", slot.name)
                 self.exit_code = EX_CONFIG
+        self.health.check(self.slots.values(), now)
         self.rates.sample(now, self.stats.get("received"), self.stats.get("delivered"))
         self._log_stats(now)
+        self._notify_systemd(now)
+
+    def _notify_systemd(self, now):
+        # Sent from this loop only, so a hung loop stops the watchdog pings and systemd steps in.
+        if not self.ready_sent and all(s.state == "RUNNING" for s in self.slots.values()):
+            self.ready_sent = True
+            self.notifier.notify("READY=1", f"STATUS={stats_line(self.stats, self.rates)}")
+            log.info("All workers running")
+        if self.ready_sent and now >= self.next_status_notify:
+            self.next_status_notify = now + STATUS_NOTIFY_INTERVAL
+            self.notifier.notify(f"STATUS={stats_line(self.stats, self.rates)}")
+        interval = self.notifier.watchdog_interval
+        if interval and now >= self.next_watchdog:
+            self.next_watchdog = now + interval
+            self.notifier.notify("WATCHDOG=1")
 
     def _log_stats(self, now):
         interval = self.cfg.logging.stats_interval
