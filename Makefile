@@ -1,10 +1,12 @@
 # make run    the daemon with etc/config.example.yaml, a demo API and (if needed) a local broker
 # make test   the whole suite on paho-mqtt 2.x, then the integration tests on paho-mqtt 1.6.1
 # make check  validate the example config
+# make deb / make arch-pkg   the Debian / Arch (PiKVM) package, into dist/
+# make package-check         what CI checks of the packages (root: installs and purges the .deb)
 
 PYTEST_ARGS ?=
 
-.PHONY: run test check venv clean
+.PHONY: run test check venv clean deb arch-pkg package-check
 
 venv:
 	bin/bootstrap
@@ -20,5 +22,14 @@ test: venv
 check: venv
 	.venv/bin/python -m mqttbuffer --config etc/config.example.yaml --check
 
+deb:
+	bin/build-deb
+
+arch-pkg:
+	bin/build-arch
+
+package-check: venv
+	bin/check-packages
+
 clean:
-	rm -rf .venv .venv-paho1 .run build dist *.egg-info .pytest_cache
+	rm -rf .venv .venv-paho1 .run build dist *.egg-info .pytest_cache .pybuild

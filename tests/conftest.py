@@ -194,6 +194,8 @@ class Daemon:
         self.process = None
         self.env = dict(os.environ)
         self.env.pop("NOTIFY_SOCKET", None)
+        self.command = [sys.executable, "-m", "mqttbuffer"]
+        self.ctl_command = [sys.executable, "-m", "mqttbuffer.ctl"]
 
     def write_config(self):
         self.config_path.write_text(yaml.safe_dump(self.config))
@@ -202,7 +204,7 @@ class Daemon:
         self.write_config()
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mqttbuffer", "--config", str(self.config_path)],
+            [*self.command, "--config", str(self.config_path)],
             stdout=log, stderr=log, start_new_session=True, env=self.env,
         )
         log.close()
@@ -240,7 +242,7 @@ class Daemon:
     def ctl(self, *args):
         """Run mqttbufferctl against this daemon; return (exit code, stdout, stderr)."""
         result = subprocess.run(
-            [sys.executable, "-m", "mqttbuffer.ctl", "--config", str(self.config_path), *args],
+            [*self.ctl_command, "--config", str(self.config_path), *args],
             capture_output=True, text=True, timeout=20, env=self.env,
         )
         return result.returncode, result.stdout, result.stderr
