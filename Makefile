@@ -6,7 +6,7 @@
 
 PYTEST_ARGS ?=
 
-.PHONY: run test check venv clean deb arch-pkg package-check
+.PHONY: run test check venv clean deb arch-pkg package-check bench
 
 venv:
 	bin/bootstrap
@@ -33,3 +33,6 @@ package-check: venv
 
 clean:
 	rm -rf .venv .venv-paho1 .run build dist *.egg-info .pytest_cache .pybuild
+
+bench: venv
+	.venv/bin/python bench/run.py

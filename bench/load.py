@@ -1,0 +1,139 @@
+"""Load generators and helpers for the benchmarks: a private mosquitto, paho publishers in their
+own processes (so the publisher is not the bottleneck), and process-tree measurements."""
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import paho.mqtt.client as mqtt
+import psutil
+
+FORK = multiprocessing.get_context("fork")
+PAD = "x" * 150  # with the other fields, ~200 B of JSON per message
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def new_client(client_id=""):
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    return mqtt.Client(client_id=client_id)
+
+
+class Broker:
+    def __init__(self, directory, queue_limit=1_000_000):
+        self.port = free_port()
+        conf = os.path.join(directory, f"mosquitto-{self.port}.conf")
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+        if queue_limit is not None:
+            lines += [f"max_queued_messages {queue_limit}"]
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(self._listening, 10)
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(10)
+
+
+def _publish(port, topic, count, rate, first):
+    client = new_client()
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    acked = [0]
+    client.on_publish = lambda *args: acked.__setitem__(0, acked[0] + 1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    start = time.monotonic()
+    for i in range(count):
+        if rate:
+            ahead = start + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        # Message ids are 16 bits: keep well under 65,535 outstanding or they are reused.
+        while i - acked[0] > 30000:
+            time.sleep(0.001)
+        client.publish(topic, json.dumps({"n": first + i, "t": time.time(), "pad": PAD}), qos=1)
+    wait_for(lambda: acked[0] >= count, 120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def publish(port, count, rate=None, processes=1, topic="bench/data"):
+    """Publish count QoS 1 messages from ``processes`` publisher processes; returns them started."""
+    share = count // processes
+    procs = [FORK.Process(target=_publish, args=(port, topic, share, rate / processes if rate else None, p * share))
+             for p in range(processes)]
+    for p in procs:
+        p.start()
+    return procs
+
+
+def join(procs):
+    for p in procs:
+        p.join()
+
+
+def tree(pid):
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(pid):
+    total = 0.0
+    for p in tree(pid):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def pss_bytes(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            total += p.memory_full_info().pss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def write_bytes(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            total += p.io_counters().write_bytes
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
