@@ -108,32 +108,23 @@ def tree(pid):
         return []
 
 
-def cpu_seconds(pid):
-    total = 0.0
-    for p in tree(pid):
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def pss_bytes(pid):
+def _sum_over_tree(pid, measure):
     total = 0
     for p in tree(pid):
         try:
-            total += p.memory_full_info().pss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def write_bytes(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            total += p.io_counters().write_bytes
+            total += measure(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
+
+
+def cpu_seconds(pid):
+    return _sum_over_tree(pid, lambda p: sum(p.cpu_times()[:2]))
+
+
+def pss_bytes(pid):
+    return _sum_over_tree(pid, lambda p: p.memory_full_info().pss)
+
+
+def write_bytes(pid):
+    return _sum_over_tree(pid, lambda p: p.io_counters().write_bytes)

@@ -90,50 +90,43 @@ def burst(workdir, sink, count):
     return {"burst msg/s": count / elapsed if ok else 0.0}
 
 
-def intake_ceiling(workdir, count):
+def _subscriber_throughput(workdir, client_id, handle, count, processes):
+    """msg/s of a plain paho QoS 1 subscriber whose on_message calls handle(message)."""
     broker = Broker(workdir)
-    received = [0]
-    client = new_client("intake-baseline")
-    client.on_message = lambda *args: received.__setitem__(0, received[0] + 1)
-    client.connect("127.0.0.1", broker.port)
-    client.subscribe("bench/#", qos=1)
-    client.loop_start()
-    time.sleep(0.5)
-    start = time.monotonic()
-    procs = publish(broker.port, count, processes=2)
-    ok = wait_for(lambda: received[0] >= count, 300)
-    elapsed = time.monotonic() - start
-    join(procs)
-    client.loop_stop()
-    broker.stop()
-    return {"intake ceiling msg/s": count / elapsed if ok else 0.0}
-
-
-def naive(workdir, sink, count):
-    broker = Broker(workdir)
-    http = urllib3.PoolManager(maxsize=1, retries=False, timeout=urllib3.Timeout(10))
-    sent = [0]
+    done = [0]
 
     def on_message(*args):
-        http.request("POST", sink.url, body=b"[" + args[-1].payload + b"]",
-                     headers={"Content-Type": "application/json"})
-        sent[0] += 1
+        handle(args[-1])
+        done[0] += 1
 
-    client = new_client("naive-baseline")
+    client = new_client(client_id)
     client.on_message = on_message
     client.connect("127.0.0.1", broker.port)
     client.subscribe("bench/#", qos=1)
     client.loop_start()
-    time.sleep(0.5)
-    sink.reset()
+    wait_for(lambda: client.is_connected(), 10)
+    time.sleep(0.5)  # let the SUBACK arrive before publishing
     start = time.monotonic()
-    procs = publish(broker.port, count, processes=1)
-    ok = wait_for(lambda: sent[0] >= count, 300)
+    procs = publish(broker.port, count, processes=processes)
+    ok = wait_for(lambda: done[0] >= count, 300)
     elapsed = time.monotonic() - start
     join(procs)
     client.loop_stop()
     broker.stop()
-    return {"naive forwarder msg/s": count / elapsed if ok else 0.0}
+    return count / elapsed if ok else 0.0
+
+
+def intake_ceiling(workdir, count):
+    return {"intake ceiling msg/s": _subscriber_throughput(workdir, "intake-baseline", lambda m: None, count, 2)}
+
+
+def naive(workdir, sink, count):
+    http = urllib3.PoolManager(maxsize=1, retries=False, timeout=urllib3.Timeout(10))
+
+    def post(message):
+        http.request("POST", sink.url, body=b"[" + message.payload + b"]", headers={"Content-Type": "application/json"})
+
+    return {"naive forwarder msg/s": _subscriber_throughput(workdir, "naive-baseline", post, count, 1)}
 
 
 def steady(workdir, sink, rate, seconds):
