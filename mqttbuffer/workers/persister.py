@@ -2,7 +2,9 @@
 
 It listens for the ingestor, commits every batch that arrived while the previous commit ran in
 one transaction (group commit: one fsync for all of them), and only then confirms those batches,
-so the ingestor acks nothing that is not on disk. It also enforces the store's bounds
+so the ingestor acks nothing that is not on disk. Commits are at least ``buffer.commit_interval``
+apart: on an SD card an fsync per arriving batch would write kilobytes per message, while a few
+milliseconds of waiting lets each commit carry many. It also enforces the store's bounds
 (``buffer.max_size``/``max_bytes`` with ``overflow``) and, every ``cleanup_interval``, retention.
 
 A batch it does not commit stays unconfirmed, and the ingestor keeps its messages, acks nothing
@@ -37,14 +39,14 @@ class Persister(Worker):
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
-        self.retry_at = 0.0
+        self.commit_at = 0.0
         self.problem = None  # why commits are held back: "full", "error", or None
         self.dropped_unlogged = 0
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
 
     def step(self, now):
-        timeout = 0.5 if not self.uncommitted else max(0.0, self.retry_at - now)
+        timeout = 0.5 if not self.uncommitted else max(0.0, self.commit_at - now)
         ready = ipc.wait([self.wake_r, self.listener, *self.links], timeout)
         for source in ready:
             if source is self.wake_r:
@@ -55,7 +57,7 @@ class Persister(Worker):
                     self.links.append(link)
             else:
                 self._receive(source)
-        if self.uncommitted and now >= self.retry_at:
+        if self.uncommitted and now >= self.commit_at:
             self._commit(now)
         if now >= self.cleanup_at:
             self.cleanup_at = now + self.cfg.buffer.cleanup_interval
@@ -102,7 +104,7 @@ class Persister(Worker):
             self.log.warning(message, *args)
         self.problem = problem
         self.stats.set("blocked", 1)
-        self.retry_at = now + RETRY_COMMIT_AFTER
+        self.commit_at = now + RETRY_COMMIT_AFTER
 
     def _commit(self, now):
         fitting = self._batches_that_fit()
@@ -124,6 +126,7 @@ class Persister(Worker):
                        len(rows), self.cfg.buffer.persist_file, exc,
                        " (no space left on the device)" if full else "")
             return
+        self.commit_at = now + self.cfg.buffer.commit_interval
         if self.problem:
             self.log.info("Committing again; the broker's held messages follow")
             self.problem = None
@@ -134,7 +137,7 @@ class Persister(Worker):
             self.dropped_unlogged += dropped
         self.uncommitted = rest
         if rest:
-            self.retry_at = now + RETRY_COMMIT_AFTER
+            self.commit_at = now + RETRY_COMMIT_AFTER
         confirmed = {}
         for link, batch_no, _ in batches:
             confirmed.setdefault(link, []).append(batch_no)
