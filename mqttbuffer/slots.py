@@ -7,8 +7,11 @@ States and transitions (each logged as one line, e.g.
   BACKOFF   died (or was restarted for cause); starts again at ``restart_at``
   STOPPING  sent SIGTERM; SIGKILL at ``kill_at``; then EXITED, or restarted if asked to
   EXITED    stopped for good (daemon shutdown)
-Crash-loop backoff: the restart delay starts at 1 s and doubles up to 60 s; it resets once a
-worker has stayed up 60 s. A worker is never abandoned: ingestion must come back by itself.
+Crash-loop backoff: the first death after a healthy run is restarted after 0.1 s, the next ones
+after 1 s, doubling up to 60 s; it resets once a worker has stayed up 60 s. The quick first
+restart is what makes a killed ingestor re-subscribe before mosquitto's default queue of 1000
+messages overflows at 1,000 msg/s (bench: 66 messages lost with 1 s, 0 with 0.1 s). A worker is
+never abandoned: ingestion must come back by itself.
 """
 
 import logging
@@ -21,7 +24,7 @@ import psutil
 log = logging.getLogger("mqttbuffer.supervisor")
 
 RUNNING_AFTER = 1.0
-FIRST_DELAY, MAX_DELAY, RESET_AFTER = 1.0, 60.0, 60.0
+QUICK_DELAY, FIRST_DELAY, MAX_DELAY, RESET_AFTER = 0.1, 1.0, 60.0, 60.0
 RESTART_GRACE = 5.0
 STARTUP_GRACE = 15.0
 
@@ -52,7 +55,7 @@ class Slot:
         self.started_at = 0.0
         self.restart_at = 0.0
         self.kill_at = 0.0
-        self.delay = FIRST_DELAY
+        self.delay = QUICK_DELAY
         self.restarts = 0
         self.hangs = 0
         self.memory_restarts = 0
@@ -113,10 +116,10 @@ class Slot:
             self.start(now)
             return code
         if uptime >= RESET_AFTER:
-            self.delay = FIRST_DELAY
+            self.delay = QUICK_DELAY
         self.restart_at = now + self.delay
         self._transition("BACKOFF", f"{self.last_exit}, restart in {self.delay:g}s")
-        self.delay = min(self.delay * 2, MAX_DELAY)
+        self.delay = FIRST_DELAY if self.delay < FIRST_DELAY else min(self.delay * 2, MAX_DELAY)
         self.process = None
         self.after_stop = None
         return code
