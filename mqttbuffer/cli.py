@@ -8,7 +8,8 @@ import sys
 import yaml
 
 from mqttbuffer import __version__
-from mqttbuffer.config import EX_CONFIG, ConfigError, load_config
+from mqttbuffer.config import load_config
+from mqttbuffer.errors import EX_CONFIG, ConfigError
 from mqttbuffer.logs import setup_logging
 from mqttbuffer.store import Store, StoreError
 

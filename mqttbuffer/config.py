@@ -13,24 +13,13 @@ import types
 import yaml
 
 from mqttbuffer import validators as v
+from mqttbuffer.errors import ConfigError
+from mqttbuffer.logs import REDACTED
 from mqttbuffer.secrets import resolve_secrets
 
-EX_CONFIG = 78
-REDACTED = "***"
 SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
 
 REQUIRED = object()
-
-
-class ConfigError(Exception):
-    """A config problem, to be shown as one line and ended with exit code 78."""
-
-    def __init__(self, path, key, reason):
-        super().__init__(path, key, reason)
-        self.path, self.key, self.reason = path, key, reason
-
-    def __str__(self):
-        return f"{self.path}: {self.key}: {self.reason}" if self.key else f"{self.path}: {self.reason}"
 
 
 def _valid_qos(value):

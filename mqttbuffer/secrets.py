@@ -9,6 +9,8 @@ gets a warning at start.
 import os
 import stat
 
+from mqttbuffer.errors import ConfigError
+
 # (section, key, file key, environment variable)
 SECRETS = (
     ("api", "key", "key_file", "MQTTBUFFER_API_KEY"),
@@ -18,8 +20,6 @@ SECRETS = (
 
 def resolve_secrets(path, cfg, environ):
     """Fill in each secret from its file or the environment; return warnings to log at start."""
-    from mqttbuffer.config import ConfigError
-
     warnings = []
     for section_name, key, file_key, variable in SECRETS:
         section = getattr(cfg, section_name)

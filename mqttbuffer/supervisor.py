@@ -16,7 +16,7 @@ import time
 
 from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
-from mqttbuffer.config import EX_CONFIG
+from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.control.server import ControlError, ControlServer
 from mqttbuffer.health import HealthChecks
 from mqttbuffer.slots import Slot
