@@ -29,9 +29,11 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from load import Broker, cpu_seconds, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
+from results import replace_section  # noqa: E402
 from sink import FastSink  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BUFFER = {}  # buffer.* settings from --set, for every daemon the scenarios start
 
 
 class Daemon:
@@ -77,7 +79,7 @@ class Daemon:
 
 def burst(workdir, sink, count):
     broker = Broker(workdir)
-    daemon = Daemon(workdir, broker, sink)
+    daemon = Daemon(workdir, broker, sink, **BUFFER)
     daemon.start()
     sink.reset()
     start = time.monotonic()
@@ -131,7 +133,7 @@ def naive(workdir, sink, count):
 
 def steady(workdir, sink, rate, seconds):
     broker = Broker(workdir)
-    daemon = Daemon(workdir, broker, sink)
+    daemon = Daemon(workdir, broker, sink, **BUFFER)
     daemon.start()
     sink.reset()
     time.sleep(1)
@@ -156,7 +158,7 @@ def steady(workdir, sink, rate, seconds):
 
 def backlog(workdir, sink, count):
     broker = Broker(workdir)
-    daemon = Daemon(workdir, broker, sink)
+    daemon = Daemon(workdir, broker, sink, **BUFFER)
     daemon.start()
     time.sleep(1)
     empty_pss = pss_bytes(daemon.process.pid)
@@ -183,7 +185,7 @@ def backlog(workdir, sink, count):
 
 def kill_under_defaults(workdir, sink, rate=1000, seconds=10):
     broker = Broker(workdir, queue_limit=None)  # mosquitto's defaults
-    daemon = Daemon(workdir, broker, sink)
+    daemon = Daemon(workdir, broker, sink, **BUFFER)
     daemon.start()
     sink.reset()
     procs = publish(broker.port, rate * seconds, rate=rate, processes=1)
@@ -212,7 +214,12 @@ def main():
     parser.add_argument("--steady-seconds", type=int, default=30)
     parser.add_argument("--backlog", type=int, default=200000)
     parser.add_argument("--only", nargs="*", help="scenarios to run (default: all)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="buffer settings for the daemon, e.g. commit_interval=0.1 (YAML values)")
     args = parser.parse_args()
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        BUFFER[key] = yaml.safe_load(value)
     sink = FastSink()
     results = {}
     scenarios = {
@@ -242,7 +249,8 @@ def report(results, args):
              f" {platform.python_version()}, paho-mqtt {paho.mqtt.__version__}, "
              + subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0],
              f"Runs per scenario: {args.runs}; burst {args.burst}, naive {args.naive}, steady 1000 msg/s for"
-             f" {args.steady_seconds} s, backlog {args.backlog}.", "",
+             f" {args.steady_seconds} s, backlog {args.backlog}."
+             + (f" Buffer settings: {', '.join(args.set)}." if args.set else ""), "",
              "| measure | median | min-max | target | met |", "|---|---|---|---|---|"]
     for key, values in results.items():
         target = TARGETS.get(key)
@@ -259,8 +267,7 @@ def report(results, args):
         lines.append(f"| burst / naive forwarder | {med['burst msg/s'] / med['naive forwarder msg/s']:.1f} | | >= 4 | |")
     text = "\n".join(lines) + "\n"
     print(text)
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write(text)
+    replace_section(os.path.join(HERE, "RESULTS.md"), "# Benchmark results", text)
 
 
 if __name__ == "__main__":

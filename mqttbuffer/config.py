@@ -72,7 +72,7 @@ SCHEMA = {
         "cleanup_interval": (3600.0, v.valid_float_gt0),
         "message_retention_days": (7.0, v.valid_float_gt0),
         "batch_size": (500, v.int_range(1, 10000)),
-        "commit_interval": (0.05, v.valid_float_ge0),
+        "commit_interval": (0.1, v.valid_float_ge0),
         "dead_letter_retention_days": (7.0, v.valid_float_gt0),
         "dead_letter_max_size": (10_000, v.int_range(0)),
     },

@@ -73,18 +73,21 @@ class Forwarder(Worker):
             self._idle(min(self.poll_interval * 4, max(0.0, self.policy.next_attempt_at() - now)))
             return
         self._log_breaker()
-        rows = self.store.oldest(self.policy.batch_limit())
-        if not rows:
+        # Poll the cheap head of the queue; read the messages only when a batch is due.
+        waiting, oldest_seq, received_at = self.store.head()
+        if not waiting:
             self.oldest_seq = None
             self._idle(self.poll_interval)
             return
-        if rows[0][0] != self.oldest_seq:
-            self.oldest_seq, self.oldest_since = rows[0][0], now
-        waited = max(now - self.oldest_since, time.time() - rows[0][6])
-        if len(rows) < self.policy.batch_limit() and waited < self.cfg.buffer.flush_interval:
+        if oldest_seq != self.oldest_seq:
+            self.oldest_seq, self.oldest_since = oldest_seq, now
+        waited = max(now - self.oldest_since, time.time() - received_at)
+        if waiting < self.policy.batch_limit() and waited < self.cfg.buffer.flush_interval:
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
-        self._deliver(rows, now)
+        rows = self.store.oldest(self.policy.batch_limit())
+        if rows:  # empty only if the persister dropped or expired them just now
+            self._deliver(rows, now)
 
     def _deliver(self, rows, now):
         answer = self._post(rows, now)

@@ -2,7 +2,12 @@
 
 paho's network thread hands each message to ``_on_message``, which gives it a stable unique id
 and queues it. The main thread sends queued messages to the persister in numbered batches and,
-when the persister confirms a batch is committed, PUBACKs its messages in receive order. Every
+when the persister confirms a batch is committed, PUBACKs its messages in receive order.
+
+Sends are coalesced: the first message after a quiet spell wakes the main thread and goes out at
+once; while messages keep coming, the main thread sends what has queued every ``SEND_INTERVAL``
+instead of being woken per message (at 1,000 msg/s, waking per message cost about half of this
+process's CPU; the persister commits only every ``buffer.commit_interval`` anyway). Every
 message stays in ``batches`` until confirmed: if the persister dies, all of them are sent again
 to its successor (the store ignores ids it already holds).
 
@@ -23,7 +28,8 @@ from mqttbuffer.workers.base import Worker
 from mqttbuffer.workers.persister import LINK_NAME
 
 MAX_BATCH_ROWS = 1000
-MAX_BATCHES_IN_FLIGHT = 2
+MAX_BATCHES_IN_FLIGHT = 8
+SEND_INTERVAL = 0.005
 STOP_CONFIRM_TIMEOUT = 4.0
 
 
@@ -50,6 +56,8 @@ class Ingestor(Worker):
         self._connected = False
         self._incoming = []  # (generation, mid, qos, row) from paho's thread
         self._taking = True
+        self._wake_on_message = True  # False while the main thread sends on its own timer
+        self._send_again_at = 0.0
         self._id_prefix = os.urandom(8).hex()
         self._id_counter = 0
         self.batches = collections.deque()
@@ -90,9 +98,9 @@ class Ingestor(Worker):
             if not self._taking:
                 # Stopping: not acked, so the broker redelivers it to the next session.
                 return
-            first = not self._incoming
+            wake = self._wake_on_message and not self._incoming
             self._incoming.append((self._generation, msg.mid, msg.qos, row))
-        if first:
+        if wake:
             self.wake()
 
     # --- main thread -----------------------------------------------------------------------
@@ -105,14 +113,25 @@ class Ingestor(Worker):
                     batch.sent = False
         waiting = [self.wake_r] + ([self.link] if self.link else [])
         timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
+        if not self._wake_on_message:
+            timeout = min(timeout, max(0.0, self._send_again_at - now))
         for source in ipc.wait(waiting, timeout):
             if source is self.link:
                 self._receive_confirmations()
-        self._take_incoming()
-        self._send()
+            else:
+                self.drain_wakeups()
+        now = time.monotonic()
+        if self._wake_on_message or now >= self._send_again_at:
+            taken = self._take_incoming()
+            self._send()
+            with self._lock:
+                # After a send keep polling on the timer; once a poll finds nothing, go quiet and
+                # let the next message wake us (no message can slip between: same lock).
+                self._wake_on_message = not taken and not self._incoming
+            self._send_again_at = now + SEND_INTERVAL
 
     def _take_incoming(self):
-        self.drain_wakeups()
+        """Move queued messages into batches; return how many."""
         with self._lock:
             incoming, self._incoming = self._incoming, []
         for generation, mid, qos, row in incoming:
@@ -124,6 +143,7 @@ class Ingestor(Worker):
             batch.rows.append(row)
             if qos:
                 batch.acks.append((generation, mid))
+        return len(incoming)
 
     def _send(self):
         if self.link is None:

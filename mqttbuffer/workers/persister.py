@@ -4,7 +4,10 @@ It listens for the ingestor, commits every batch that arrived while the previous
 one transaction (group commit: one fsync for all of them), and only then confirms those batches,
 so the ingestor acks nothing that is not on disk. Commits are at least ``buffer.commit_interval``
 apart: on an SD card an fsync per arriving batch would write kilobytes per message, while a few
-milliseconds of waiting lets each commit carry many. It also enforces the store's bounds
+milliseconds of waiting lets each commit carry many. The exception is a burst: once half of the
+broker's in-flight window waits uncommitted, waiting longer would only stall the broker, so the
+commit happens at once. The window is ``mqtt.receive_maximum`` with MQTT 5; MQTT 3.1.1 cannot
+tell the broker, so mosquitto's default ``max_inflight_messages`` (20) is assumed. It also enforces the store's bounds
 (``buffer.max_size``/``max_bytes`` with ``overflow``) and, every ``cleanup_interval``, retention.
 
 A batch it does not commit stays unconfirmed, and the ingestor keeps its messages, acks nothing
@@ -22,6 +25,7 @@ from mqttbuffer.workers.base import Worker
 
 LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = 1.0
+MQTT311_WINDOW = 20
 DROP_LOG_INTERVAL = 10.0
 DAY = 86400.0
 # Messages stamped before this wall-clock time were received while the clock was unset (a Pi
@@ -39,6 +43,9 @@ class Persister(Worker):
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
+        self.uncommitted_rows = 0
+        window = self.cfg.mqtt.receive_maximum if self.cfg.mqtt.protocol == "5" else MQTT311_WINDOW
+        self.commit_rows = max(1, window // 2)
         self.commit_at = 0.0
         self.problem = None  # why commits are held back: "full", "error", or None
         self.dropped_unlogged = 0
@@ -46,7 +53,12 @@ class Persister(Worker):
         self.cleanup_at = time.monotonic()
 
     def step(self, now):
-        timeout = 0.5 if not self.uncommitted else max(0.0, self.commit_at - now)
+        if not self.uncommitted:
+            timeout = 0.5
+        elif self._commit_due(now):
+            timeout = 0.0
+        else:
+            timeout = self.commit_at - now
         ready = ipc.wait([self.wake_r, self.listener, *self.links], timeout)
         for source in ready:
             if source is self.wake_r:
@@ -57,7 +69,8 @@ class Persister(Worker):
                     self.links.append(link)
             else:
                 self._receive(source)
-        if self.uncommitted and now >= self.commit_at:
+        now = time.monotonic()
+        if self.uncommitted and self._commit_due(now):
             self._commit(now)
         if now >= self.cleanup_at:
             self.cleanup_at = now + self.cfg.buffer.cleanup_interval
@@ -68,12 +81,16 @@ class Persister(Worker):
             self.dropped_unlogged = 0
             self.drop_log_at = now + DROP_LOG_INTERVAL
 
+    def _commit_due(self, now):
+        return now >= self.commit_at or (self.uncommitted_rows >= self.commit_rows and not self.problem)
+
     def _receive(self, link):
         """Take every batch waiting on link, so one commit covers all of them."""
         try:
             while link.poll(0):
                 batch_no, rows = link.recv()
                 self.uncommitted.append((link, batch_no, rows))
+                self.uncommitted_rows += len(rows)
         except ipc.LINK_ERRORS:
             # The ingestor went away; it re-sends whatever we never confirmed to it.
             self._drop(link)
@@ -82,6 +99,7 @@ class Persister(Worker):
         self.links.remove(link)
         link.close()
         self.uncommitted = [u for u in self.uncommitted if u[0] is not link]
+        self.uncommitted_rows = sum(len(rows) for _, _, rows in self.uncommitted)
 
     def _batches_that_fit(self):
         """Under overflow: block, the leading batches that fit in the bounds (at least one when empty)."""
@@ -136,6 +154,7 @@ class Persister(Worker):
             self.stats.add("dropped", dropped)
             self.dropped_unlogged += dropped
         self.uncommitted = rest
+        self.uncommitted_rows -= len(rows)
         if rest:
             self.commit_at = now + RETRY_COMMIT_AFTER
         confirmed = {}
