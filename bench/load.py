@@ -31,10 +31,32 @@ def wait_for(predicate, timeout, interval=0.01):
     return False
 
 
-def new_client(client_id=""):
+def new_client(client_id="", protocol=mqtt.MQTTv311):
     if hasattr(mqtt, "CallbackAPIVersion"):
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-    return mqtt.Client(client_id=client_id)
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    return mqtt.Client(client_id=client_id, protocol=protocol)
+
+
+def _ack_only_subscriber(port, count, ready):
+    """A paho MQTT 5 QoS 1 subscriber that only acks (paho's automatic PUBACK), until count arrive."""
+    client = new_client("ack-only-baseline", protocol=mqtt.MQTTv5)
+    done = [0]
+    client.on_message = lambda *args: done.__setitem__(0, done[0] + 1)
+    client.on_subscribe = lambda *args: ready.set()
+    client.connect("127.0.0.1", port)
+    client.subscribe("bench/#", qos=1)
+    client.loop_start()
+    wait_for(lambda: done[0] >= count, 300)
+    client.loop_stop()
+
+
+def ack_only_subscriber(port, count):
+    """Start the subscriber in its own process (so its CPU can be measured); return it subscribed."""
+    ready = FORK.Event()
+    process = FORK.Process(target=_ack_only_subscriber, args=(port, count, ready))
+    process.start()
+    ready.wait(10)
+    return process
 
 
 class Broker:

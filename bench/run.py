@@ -4,6 +4,7 @@ Scenarios (each run ``--runs`` times; the table shows median and min-max):
   burst      50,000 QoS 1 messages as fast as the broker takes them -> durable msg/s end to end
   intake     baseline: the same burst into a paho QoS 1 subscriber that only acks
   naive      baseline: paho on_message -> one urllib3 POST per message (fewer messages: it is slow)
+  intake-cpu baseline: CPU of a paho MQTT 5 subscriber that only acks, under the steady load
   steady     1,000 msg/s for 30 s: CPU % of one core and PSS for the whole tree, bytes written
              per message, publish -> API latency p50/p99 (flush_interval 0.1)
   backlog    200,000 buffered while the API answers 503; restart -> ready time and PSS against an
@@ -28,7 +29,7 @@ import urllib3
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import Broker, cpu_seconds, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
+from load import Broker, ack_only_subscriber, cpu_seconds, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
 from results import replace_section  # noqa: E402
 from sink import FastSink  # noqa: E402
 
@@ -131,6 +132,18 @@ def naive(workdir, sink, count):
     return {"naive forwarder msg/s": _subscriber_throughput(workdir, "naive-baseline", post, count, 1)}
 
 
+def intake_cpu(workdir, rate, seconds):
+    """Baseline: CPU of a paho subscriber that only acks, under the steady load."""
+    broker = Broker(workdir)
+    subscriber = ack_only_subscriber(broker.port, rate * seconds)
+    cpu0, t0 = cpu_seconds(subscriber.pid), time.monotonic()
+    join(publish(broker.port, rate * seconds, rate=rate, processes=1))
+    cpu1, t1 = cpu_seconds(subscriber.pid), time.monotonic()
+    subscriber.join(30)
+    broker.stop()
+    return {"steady CPU % of an ack-only subscriber": 100 * (cpu1 - cpu0) / (t1 - t0)}
+
+
 def steady(workdir, sink, rate, seconds):
     broker = Broker(workdir)
     daemon = Daemon(workdir, broker, sink, **BUFFER)
@@ -227,6 +240,7 @@ def main():
         "intake": lambda w: intake_ceiling(w, args.burst),
         "naive": lambda w: naive(w, sink, args.naive),
         "steady": lambda w: steady(w, sink, 1000, args.steady_seconds),
+        "intake-cpu": lambda w: intake_cpu(w, 1000, args.steady_seconds),
         "backlog": lambda w: backlog(w, sink, args.backlog),
         "kill": lambda w: kill_under_defaults(w, sink),
     }
@@ -263,6 +277,8 @@ def report(results, args):
                      f" {f'{target[0]} {target[1]}' if target else ''} | {met} |")
     if "burst msg/s" in med and "intake ceiling msg/s" in med:
         lines.append(f"| burst / intake ceiling | {med['burst msg/s'] / med['intake ceiling msg/s']:.2f} | | >= 0.45 | |")
+    if "steady CPU % of a core" in med and "steady CPU % of an ack-only subscriber" in med:
+        lines.append(f"| steady CPU / ack-only subscriber | {med['steady CPU % of a core'] / med['steady CPU % of an ack-only subscriber']:.1f} | | | |")
     if "burst msg/s" in med and "naive forwarder msg/s" in med:
         lines.append(f"| burst / naive forwarder | {med['burst msg/s'] / med['naive forwarder msg/s']:.1f} | | >= 4 | |")
     text = "\n".join(lines) + "\n"
