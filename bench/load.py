@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import paho.mqtt.client as mqtt
@@ -146,6 +147,31 @@ def cpu_seconds(pid):
 
 def pss_bytes(pid):
     return _sum_over_tree(pid, lambda p: p.memory_full_info().pss)
+
+
+IDLE_TREE = """
+import gc, os, time
+import mqttbuffer.supervisor  # everything the daemon imports before it forks
+gc.collect()
+gc.freeze()
+for _ in range(3):
+    if os.fork() == 0:
+        break
+time.sleep(600)
+"""
+
+
+def idle_tree_pss():
+    """PSS of the daemon's shape doing nothing: an interpreter with mqttbuffer's imports and three
+    forked children that only sleep. What four processes cost before any work."""
+    process = subprocess.Popen([sys.executable, "-c", IDLE_TREE], start_new_session=True)
+    try:
+        wait_for(lambda: len(tree(process.pid)) == 4, 20)
+        time.sleep(1)
+        return pss_bytes(process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def write_bytes(pid):

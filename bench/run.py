@@ -5,6 +5,8 @@ Scenarios (each run ``--runs`` times; the table shows median and min-max):
   intake     baseline: the same burst into a paho QoS 1 subscriber that only acks
   naive      baseline: paho on_message -> one urllib3 POST per message (fewer messages: it is slow)
   intake-cpu baseline: CPU of a paho MQTT 5 subscriber that only acks, under the steady load
+  idle-tree  baseline: PSS of an interpreter with mqttbuffer's imports and 3 forked children that
+             only sleep (the supervisor + 3 workers shape before any work)
   steady     1,000 msg/s for 30 s: CPU % of one core and PSS for the whole tree, bytes written
              per message, publish -> API latency p50/p99 (flush_interval 0.1)
   backlog    200,000 buffered while the API answers 503; restart -> ready time and PSS against an
@@ -29,7 +31,7 @@ import urllib3
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import Broker, ack_only_subscriber, cpu_seconds, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
+from load import Broker, ack_only_subscriber, cpu_seconds, idle_tree_pss, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
 from results import replace_section  # noqa: E402
 from sink import FastSink  # noqa: E402
 
@@ -241,6 +243,7 @@ def main():
         "naive": lambda w: naive(w, sink, args.naive),
         "steady": lambda w: steady(w, sink, 1000, args.steady_seconds),
         "intake-cpu": lambda w: intake_cpu(w, 1000, args.steady_seconds),
+        "idle-tree": lambda w: {"PSS MiB of 4 idle forked interpreters": idle_tree_pss() / 1048576},
         "backlog": lambda w: backlog(w, sink, args.backlog),
         "kill": lambda w: kill_under_defaults(w, sink),
     }
@@ -279,6 +282,8 @@ def report(results, args):
         lines.append(f"| burst / intake ceiling | {med['burst msg/s'] / med['intake ceiling msg/s']:.2f} | | >= 0.45 | |")
     if "steady CPU % of a core" in med and "steady CPU % of an ack-only subscriber" in med:
         lines.append(f"| steady CPU / ack-only subscriber | {med['steady CPU % of a core'] / med['steady CPU % of an ack-only subscriber']:.1f} | | | |")
+    if "steady PSS MiB" in med and "PSS MiB of 4 idle forked interpreters" in med:
+        lines.append(f"| steady PSS / idle forked interpreters | {med['steady PSS MiB'] / med['PSS MiB of 4 idle forked interpreters']:.2f} | | | |")
     if "burst msg/s" in med and "naive forwarder msg/s" in med:
         lines.append(f"| burst / naive forwarder | {med['burst msg/s'] / med['naive forwarder msg/s']:.1f} | | >= 4 | |")
     text = "\n".join(lines) + "\n"

@@ -59,7 +59,9 @@ class Forwarder(Worker):
         buffer, breaker = self.cfg.buffer, self.cfg.circuit_breaker
         self.policy = DeliveryPolicy(buffer.batch_size, buffer.max_retries, breaker.max_failures,
                                      breaker.timeout, api.max_retry_after, random.Random())
-        self.poll_interval = min(MAX_POLL_INTERVAL, buffer.flush_interval / 4)
+        # A batch leaves at its oldest message's deadline (received_at + flush_interval), which the
+        # poll computes; polling only has to notice the first message of an empty queue in time.
+        self.poll_interval = min(MAX_POLL_INTERVAL, buffer.flush_interval / 2)
         self.oldest_seq = None
         self.oldest_since = 0.0
         self.gauges_at = 0.0
