@@ -3,10 +3,12 @@
 # make check  validate the example config
 # make deb / make arch-pkg   the Debian / Arch (PiKVM) package, into dist/
 # make package-check         what CI checks of the packages (root: installs and purges the .deb)
+# make bench / make profile  bench/RESULTS.md: speed, footprint and loss; where the CPU goes
 
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test check venv clean deb arch-pkg package-check bench
+.PHONY: run test check venv clean deb arch-pkg package-check bench profile
 
 venv:
 	bin/bootstrap
@@ -35,4 +37,8 @@ clean:
 	rm -rf .venv .venv-paho1 .run build dist *.egg-info .pytest_cache .pybuild
 
 bench: venv
-	.venv/bin/python bench/run.py
+	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+profile: venv
+	.venv/bin/pip install --quiet py-spy
+	.venv/bin/python bench/profile.py

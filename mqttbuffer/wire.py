@@ -2,9 +2,9 @@
 
 ``payload`` is the JSON value when the payload is UTF-8 JSON, else the UTF-8 string; bytes that
 are not UTF-8 go as base64 with ``"payload_encoding": "base64"``. A JSON payload is checked with
-the parser but copied into the body as the device sent it, not parsed and dumped again: that
-halved the forwarder's CPU per message and keeps numbers exactly as sent (``1e400`` would
-otherwise come back as ``Infinity``, which is not JSON).
+the parser but copied into the body as the device sent it, not parsed and dumped again (dumping
+and date formatting were an eighth of the forwarder's CPU at 1,000 msg/s), which also keeps
+numbers exactly as sent (``1e400`` would otherwise come back as ``Infinity``, which is not JSON).
 """
 
 import base64
