@@ -7,8 +7,9 @@ apart: on an SD card an fsync per arriving batch would write kilobytes per messa
 milliseconds of waiting lets each commit carry many. The exception is a burst: once half of the
 broker's in-flight window waits uncommitted, waiting longer would only stall the broker, so the
 commit happens at once. The window is ``mqtt.receive_maximum`` with MQTT 5; MQTT 3.1.1 cannot
-tell the broker, so mosquitto's default ``max_inflight_messages`` (20) is assumed. It also enforces the store's bounds
-(``buffer.max_size``/``max_bytes`` with ``overflow``) and, every ``cleanup_interval``, retention.
+tell the broker, so mosquitto's default ``max_inflight_messages`` (20) is assumed. It also
+enforces the store's bounds (``buffer.max_size``/``max_bytes`` with ``overflow``) and, every
+``cleanup_interval``, retention.
 
 A batch it does not commit stays unconfirmed, and the ingestor keeps its messages, acks nothing
 and so lets the broker hold the rest: that is what ``overflow: block`` and a full disk do. Both are
@@ -43,7 +44,6 @@ class Persister(Worker):
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
-        self.uncommitted_rows = 0
         window = self.cfg.mqtt.receive_maximum if self.cfg.mqtt.protocol == "5" else MQTT311_WINDOW
         self.commit_rows = max(1, window // 2)
         self.commit_at = 0.0
@@ -82,7 +82,9 @@ class Persister(Worker):
             self.drop_log_at = now + DROP_LOG_INTERVAL
 
     def _commit_due(self, now):
-        return now >= self.commit_at or (self.uncommitted_rows >= self.commit_rows and not self.problem)
+        if now >= self.commit_at:
+            return True
+        return not self.problem and sum(len(rows) for _, _, rows in self.uncommitted) >= self.commit_rows
 
     def _receive(self, link):
         """Take every batch waiting on link, so one commit covers all of them."""
@@ -90,7 +92,6 @@ class Persister(Worker):
             while link.poll(0):
                 batch_no, rows = link.recv()
                 self.uncommitted.append((link, batch_no, rows))
-                self.uncommitted_rows += len(rows)
         except ipc.LINK_ERRORS:
             # The ingestor went away; it re-sends whatever we never confirmed to it.
             self._drop(link)
@@ -99,7 +100,6 @@ class Persister(Worker):
         self.links.remove(link)
         link.close()
         self.uncommitted = [u for u in self.uncommitted if u[0] is not link]
-        self.uncommitted_rows = sum(len(rows) for _, _, rows in self.uncommitted)
 
     def _batches_that_fit(self):
         """Under overflow: block, the leading batches that fit in the bounds (at least one when empty)."""
@@ -154,7 +154,6 @@ class Persister(Worker):
             self.stats.add("dropped", dropped)
             self.dropped_unlogged += dropped
         self.uncommitted = rest
-        self.uncommitted_rows -= len(rows)
         if rest:
             self.commit_at = now + RETRY_COMMIT_AFTER
         confirmed = {}
