@@ -2,12 +2,17 @@
 
 Both versions are made to hold PUBACKs until the caller says the message is on disk: 2.x through
 ``manual_ack=True``; 1.6.1, which sends the PUBACK as soon as on_message returns, through a
-subclass that swallows that automatic ``_send_puback`` (frozen in the last 1.x release) and sends
-it when ``ack`` is called instead. Callbacks are given in one shape for both versions.
+subclass that swallows that automatic ``_send_puback`` (frozen in the last 1.x release).
+``ack_all`` then queues the PUBACKs of a whole committed batch as one write through paho's
+``_packet_queue`` (the same internal in both versions): paho's own ``ack`` queues, wakes its
+thread through a socket pair and sends once per message, about a fifth of the ingestor's CPU at
+1,000 msg/s. The bytes are what paho sends for a successful QoS 1 PUBACK in MQTT 3.1.1 and 5.
+Callbacks are given in one shape for both versions.
 """
 
 import logging
 import ssl
+import struct
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -20,15 +25,14 @@ log = logging.getLogger(__name__)
 PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 
 
+_PUBACK = struct.Struct("!BBH")  # type 4 (PUBACK), remaining length 2, packet id
+PUBACK = 0x40
+
+
 class _DeferredAckClient(mqtt.Client):
-    """paho 1.6.1 client whose QoS 1 PUBACK waits for ack()."""
+    """paho 1.6.1 client that sends no automatic QoS 1 PUBACK."""
 
     def _send_puback(self, mid):
-        return mqtt.MQTT_ERR_SUCCESS
-
-    def ack(self, mid, qos):
-        if qos == 1:
-            return mqtt.Client._send_puback(self, mid)
         return mqtt.MQTT_ERR_SUCCESS
 
 
@@ -104,8 +108,11 @@ class BrokerClient:
         self.client.connect_async(self.host, self.port, keepalive=self._cfg.keepalive, **kwargs)
         self.client.loop_start()
 
-    def ack(self, mid):
-        self.client.ack(mid, 1)
+    def ack_all(self, mids):
+        """PUBACK QoS 1 messages by packet id, in the order given, with one queued write."""
+        if mids:
+            packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
+            self.client._packet_queue(PUBACK, packet, 0, 0)
 
     def stop(self):
         """Send what is queued (acks included), disconnect cleanly and join paho's thread."""

@@ -170,16 +170,17 @@ class Ingestor(Worker):
         try:
             while self.link.poll(0):
                 confirmed = set(self.link.recv())
+                done = []
                 while self.batches and self.batches[0].number in confirmed:
-                    self._ack(self.batches.popleft())
+                    done.append(self.batches.popleft())
+                self._ack(done)
         except ipc.LINK_ERRORS:
             self._lose_link()
 
-    def _ack(self, batch):
+    def _ack(self, batches):
         with self._lock:
-            for generation, mid in batch.acks:
-                if generation == self._generation:
-                    self.broker.ack(mid)
+            self.broker.ack_all([mid for batch in batches for generation, mid in batch.acks
+                                 if generation == self._generation])
 
     def _lose_link(self):
         self.log.warning("Lost the link to the persister; %d unconfirmed messages will be sent again",
