@@ -5,6 +5,10 @@ waits on the signal wakeup pipe, the workers' sentinels and the control socket, 
 everything else. Worker life cycle and its one-line log per transition live in ``slots``.
 """
 
+# The ingestor (connecting to the broker) and the forwarder (on its first request) both encode a
+# host name with the idna codec, which imports encodings.idna, stringprep and unicodedata: about
+# 1 MiB private to each when it happens after fork, shared when it happens here.
+import encodings.idna  # noqa: F401
 import logging
 import multiprocessing
 import multiprocessing.connection
