@@ -11,6 +11,7 @@ to bench/RESULTS.md under "## Profile".
 
 import argparse
 import collections
+import itertools
 import os
 import re
 import shutil
@@ -103,9 +104,8 @@ def main():
         time.sleep(2)  # past connection set-up, into the steady state
         window = args.seconds - 4
         targets = pids(daemon)
-        spies, cpu0, threads0 = {}, {}, {}
+        spies, threads0 = {}, {}
         for name, pid in targets.items():
-            cpu0[name] = sum(psutil.Process(pid).cpu_times()[:2])
             threads0[name] = thread_seconds(pid)
             out = os.path.join(workdir, f"{name}.txt")
             cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(window), "--rate", "200",
@@ -118,17 +118,16 @@ def main():
                 os.makedirs(args.keep, exist_ok=True)
                 shutil.copy(out, args.keep)
         elapsed = time.monotonic() - t0
-        cpu = {name: 100 * (sum(psutil.Process(pid).cpu_times()[:2]) - cpu0[name]) / elapsed
-               for name, pid in targets.items()}
         per_thread = {name: {tid: 100 * (t - threads0[name].get(tid, 0.0)) / elapsed
                              for tid, t in thread_seconds(pid).items()} for name, pid in targets.items()}
+        cpu = {name: sum(shares.values()) for name, shares in per_thread.items()}
         join(procs)
         wait_for(lambda: sink.distinct() >= args.rate * args.seconds, 60)
         daemon.stop()
         broker.stop()
         lines = [f"## Profile ({time.strftime('%Y-%m-%d')}, `make profile`: {args.rate} msg/s, py-spy"
                  f" {window} s at 200 Hz{', native frames' if args.native else ''})", "",
-                 "CPU % of one core over the window (psutil): "
+                 "CPU % of one core over the window (psutil, summed over threads): "
                  + ", ".join(f"{name} {cpu[name]:.1f}" for name in targets)
                  + f"; tree {sum(cpu.values()):.1f}.", ""]
         for name, (_, out) in spies.items():
@@ -138,8 +137,7 @@ def main():
                                 for tid, share in sorted(per_thread[name].items()))
             lines += [f"### {name}: {cpu[name]:.1f} % of a core ({threads}), {total} samples", "",
                       "| self | % | incl. | % |", "|---|---|---|---|"]
-            for (o, on), (i, inn) in zip(own + [("", 0)] * (args.top - len(own)),
-                                          incl + [("", 0)] * (args.top - len(incl))):
+            for (o, on), (i, inn) in itertools.zip_longest(own, incl, fillvalue=("", 0)):
                 lines.append(f"| {o} | {100 * on / max(total, 1):.0f} | {i} | {100 * inn / max(total, 1):.0f} |")
             lines.append("")
     text = "\n".join(lines)

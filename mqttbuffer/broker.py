@@ -25,8 +25,7 @@ log = logging.getLogger(__name__)
 PAHO_2 = hasattr(mqtt, "CallbackAPIVersion")
 
 
-_PUBACK = struct.Struct("!BBH")  # type 4 (PUBACK), remaining length 2, packet id
-PUBACK = 0x40
+_PUBACK = struct.Struct("!BBH")  # packet type, remaining length 2, packet id
 
 
 class _DeferredAckClient(mqtt.Client):
@@ -111,8 +110,8 @@ class BrokerClient:
     def ack_all(self, mids):
         """PUBACK QoS 1 messages by packet id, in the order given, with one queued write."""
         if mids:
-            packet = b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids])
-            self.client._packet_queue(PUBACK, packet, 0, 0)
+            packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
+            self.client._packet_queue(mqtt.PUBACK, packet, 0, 0)
 
     def stop(self):
         """Send what is queued (acks included), disconnect cleanly and join paho's thread."""

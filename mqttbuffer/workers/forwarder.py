@@ -76,15 +76,15 @@ class Forwarder(Worker):
             return
         self._log_breaker()
         # Poll the cheap head of the queue; read the messages only when a batch is due.
-        waiting, oldest_seq, received_at = self.store.head()
-        if not waiting:
+        oldest_seq, received_at = self.store.head()
+        if oldest_seq is None:
             self.oldest_seq = None
             self._idle(self.poll_interval)
             return
         if oldest_seq != self.oldest_seq:
             self.oldest_seq, self.oldest_since = oldest_seq, now
         waited = max(now - self.oldest_since, time.time() - received_at)
-        if waiting < self.policy.batch_limit() and waited < self.cfg.buffer.flush_interval:
+        if waited < self.cfg.buffer.flush_interval and self.store.totals()[0] < self.policy.batch_limit():
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
         rows = self.store.oldest(self.policy.batch_limit())
@@ -152,7 +152,7 @@ class Forwarder(Worker):
         count, size = self.store.totals()
         self.stats.set("pending", count)
         self.stats.set("pending_bytes", size)
-        self.stats.set("oldest_received_at", self.store.oldest_received_at() or 0.0)
+        self.stats.set("oldest_received_at", self.store.head()[1] or 0.0)
         self.stats.set("dead_letters", self.store.dead_letter_count())
         next_at = self.policy.next_attempt_at()
         now = time.monotonic()
