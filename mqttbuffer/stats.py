@@ -27,7 +27,24 @@ GAUGES = (
     "circuit_state",       # index into CIRCUIT_STATES
     "next_attempt_at",     # wall-clock time of the forwarder's next request (0: none planned)
     "blocked",             # persister: 1 while it stops acking (overflow: block, full disk)
+    "broker_connected",    # ingestor: 1 while connected to the broker, else 0
+    "broker_since",        # ingestor: wall-clock time broker_connected last changed (0: never)
+    "broker_protocol",     # ingestor: MQTT protocol in use: 5 or 4 (3.1.1); 0 before the first CONNACK
+    "broker_session_present",  # ingestor: the last CONNACK's session-present flag
+    "sessions_lost",       # ingestor: reconnects that found no session although we had one
+    "api_state",           # forwarder: index into API_STATES
+    "api_since",           # forwarder: wall-clock time api_state last changed (0: never)
+    "api_status",          # forwarder: HTTP status of the last refused/failed answer (0: none)
+    "last_commit_at",      # persister: wall-clock time of its last successful commit (0: none)
 )
+# Short texts (the last error in words), each with one writing process, read by the supervisor.
+TEXTS = (
+    "broker_error",        # ingestor: why the last connection attempt failed ("" when connected)
+    "api_error",           # forwarder: why the API refuses or cannot be reached ("" when ok)
+    "persister_problem",   # persister: why it is not committing (full disk, store error; "" when ok)
+)
+TEXT_BYTES = 240
+API_STATES = ("ok", "refusing", "unreachable", "failing")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 WORKER_NAMES = ("persister", "ingestor", "forwarder")
 HEARTBEATS = tuple(f"heartbeat_{name}" for name in WORKER_NAMES)
@@ -39,7 +56,9 @@ class SharedStats:
     """Named float fields in shared memory; create before fork."""
 
     def __init__(self):
-        self._values = multiprocessing.get_context("fork").RawArray("d", len(FIELDS))
+        ctx = multiprocessing.get_context("fork")
+        self._values = ctx.RawArray("d", len(FIELDS))
+        self._texts = {name: ctx.RawArray("c", TEXT_BYTES) for name in TEXTS}
 
     def add(self, name, amount=1):
         self._values[_INDEX[name]] += amount
@@ -56,6 +75,15 @@ class SharedStats:
 
     def heartbeat(self, worker):
         return self._values[_INDEX[f"heartbeat_{worker}"]]
+
+    def set_text(self, name, text):
+        """Store a short text (cut to TEXT_BYTES); a reader may see it torn mid-write, which
+        costs a garbled word in a status line, never a wrong number."""
+        data = text.encode("utf-8", "replace")[:TEXT_BYTES - 1]
+        self._texts[name].value = data
+
+    def text(self, name):
+        return self._texts[name].value.decode("utf-8", "replace")
 
     def snapshot(self, names):
         return {name: self._values[_INDEX[name]] for name in names}
