@@ -31,7 +31,18 @@ import urllib3
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from load import Broker, ack_only_subscriber, cpu_seconds, idle_tree_pss, join, new_client, publish, pss_bytes, wait_for, write_bytes  # noqa: E402
+from load import (  # noqa: E402
+    Broker,
+    ack_only_subscriber,
+    cpu_seconds,
+    idle_tree_pss,
+    join,
+    new_client,
+    pss_bytes,
+    publish,
+    wait_for,
+    write_bytes,
+)
 from results import replace_section  # noqa: E402
 from sink import FastSink  # noqa: E402
 
@@ -278,14 +289,17 @@ def report(results, args):
             met = "yes" if ok else f"no ({med[key] / goal:.2f} x target)" if goal else "no"
         lines.append(f"| {key} | {med[key]:.1f} | {min(values):.1f}-{max(values):.1f} |"
                      f" {f'{target[0]} {target[1]}' if target else ''} | {met} |")
-    if "burst msg/s" in med and "intake ceiling msg/s" in med:
-        lines.append(f"| burst / intake ceiling | {med['burst msg/s'] / med['intake ceiling msg/s']:.2f} | | >= 0.45 | |")
-    if "steady CPU % of a core" in med and "steady CPU % of an ack-only subscriber" in med:
-        lines.append(f"| steady CPU / ack-only subscriber | {med['steady CPU % of a core'] / med['steady CPU % of an ack-only subscriber']:.1f} | | | |")
-    if "steady PSS MiB" in med and "PSS MiB of 4 idle forked interpreters" in med:
-        lines.append(f"| steady PSS / idle forked interpreters | {med['steady PSS MiB'] / med['PSS MiB of 4 idle forked interpreters']:.2f} | | | |")
-    if "burst msg/s" in med and "naive forwarder msg/s" in med:
-        lines.append(f"| burst / naive forwarder | {med['burst msg/s'] / med['naive forwarder msg/s']:.1f} | | >= 4 | |")
+    ratios = (
+        ("burst / intake ceiling", "burst msg/s", "intake ceiling msg/s", ".2f", ">= 0.45"),
+        ("steady CPU / ack-only subscriber", "steady CPU % of a core", "steady CPU % of an ack-only subscriber",
+         ".1f", ""),
+        ("steady PSS / idle forked interpreters", "steady PSS MiB", "PSS MiB of 4 idle forked interpreters",
+         ".2f", ""),
+        ("burst / naive forwarder", "burst msg/s", "naive forwarder msg/s", ".1f", ">= 4"),
+    )
+    for label, numerator, denominator, fmt, target in ratios:
+        if numerator in med and denominator in med:
+            lines.append(f"| {label} | {med[numerator] / med[denominator]:{fmt}} | | {target} | |")
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(os.path.join(HERE, "RESULTS.md"), "# Benchmark results", text)

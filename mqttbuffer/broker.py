@@ -133,7 +133,7 @@ class BrokerClient:
         self._on_disconnected(_reason(rc, mqtt.error_string))
 
     def _handle_subscribe(self, client, userdata, mid, granted, properties=None):
-        failed = [t for t, g in zip(self._topics, granted) if getattr(g, "value", g) >= 0x80]
+        failed = [t for t, g in zip(self._topics, granted, strict=False) if getattr(g, "value", g) >= 0x80]
         if failed:
             log.error("Broker refused subscription to %s", ", ".join(failed))
         else:

@@ -229,7 +229,7 @@ class Store:
             (limit,),
         )
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def replay_dead_letters(self, ids=None):
         """Put dead letters (all, or those with the given ids) back at the end of the queue."""

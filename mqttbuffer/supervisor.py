@@ -20,8 +20,8 @@ import time
 
 from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
-from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.control.server import ControlError, ControlServer
+from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.health import HealthChecks
 from mqttbuffer.slots import Slot
 from mqttbuffer.stats import SharedStats

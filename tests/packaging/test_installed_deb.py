@@ -12,7 +12,8 @@ from tests.integration.test_pipeline import assert_all_arrived
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not os.environ.get("MQTTBUFFER_INSTALLED"), reason="needs the installed .deb (bin/check-packages)"),
+    pytest.mark.skipif(not os.environ.get("MQTTBUFFER_INSTALLED"),
+                       reason="needs the installed .deb (bin/check-packages)"),
 ]
 
 

@@ -4,9 +4,7 @@ import random
 
 import pytest
 
-from mqttbuffer.delivery import (
-    DELIVERED, FAILED, REJECTED, UNAVAILABLE, DeliveryPolicy, classify, parse_retry_after,
-)
+from mqttbuffer.delivery import DELIVERED, FAILED, REJECTED, UNAVAILABLE, DeliveryPolicy, classify, parse_retry_after
 
 
 def policy(batch_size=500, max_retries=3, max_failures=5, timeout=30.0, cap=300.0, seed=1):
@@ -40,7 +38,7 @@ def test_unavailable_backs_off_2_4_8_16_32_with_jitter_and_resets_on_success():
         waits.append(p.decide(UNAVAILABLE, 10, now).wait)
         assert not p.may_send(now + waits[-1] - 0.01)
         now += waits[-1]
-    for wait, step in zip(waits, (2, 4, 8, 16, 32, 32, 32)):
+    for wait, step in zip(waits, (2, 4, 8, 16, 32, 32, 32), strict=True):
         assert step * 0.8 <= wait <= step * 1.2
     assert p.may_send(now)
     p.decide(DELIVERED, 10, now)

@@ -35,5 +35,5 @@ def test_topics_and_ids_are_escaped():
 
 def test_iso_utc_matches_datetime():
     for epoch in (0.0, T, 1_700_000_000.9999996, 1_571_073_873.4229994, 1_700_000_059.5):
-        expected = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+        expected = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
         assert iso_utc(epoch) == expected.strftime("%Y-%m-%dT%H:%M:%S.") + f"{expected.microsecond // 1000:03d}Z"
