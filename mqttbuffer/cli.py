@@ -7,7 +7,7 @@ import sys
 import yaml
 
 from mqttbuffer import __version__
-from mqttbuffer.config import load_config
+from mqttbuffer.config import check_writable_paths, load_config
 from mqttbuffer.errors import EX_CONFIG, ConfigError
 from mqttbuffer.logs import setup_logging
 from mqttbuffer.store import Store, StoreError
@@ -32,6 +32,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config)
+        check_writable_paths(cfg)
     except ConfigError as exc:
         print(f"mqttbuffer: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -18,8 +18,12 @@ from mqttbuffer.logs import REDACTED
 from mqttbuffer.secrets import resolve_secrets
 
 SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
+URL_KEYS = {("mqtt", "broker"), ("api", "url")}
 
 REQUIRED = object()
+HOUR, DAY = 3600.0, 86400.0
+# AF_UNIX addresses hold 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
 
 
 def _valid_qos(value):
@@ -46,8 +50,8 @@ SCHEMA = {
         "username": ("", v.valid_string),
         "password": ("", v.valid_string),
         "password_file": ("", v.valid_string),
-        "reconnect_interval": (5.0, v.valid_float_gt0),
-        "max_reconnect_interval": (60.0, v.valid_float_gt0),
+        "reconnect_interval": (5.0, v.float_range(0, HOUR, above=True)),
+        "max_reconnect_interval": (60.0, v.float_range(0, HOUR, above=True)),
         "qos": (1, _valid_qos),
         "protocol": ("5", v.one_of("5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
         "keepalive": (60, v.int_range(5, 65535)),
@@ -59,41 +63,42 @@ SCHEMA = {
         "url": (REQUIRED, v.valid_http_url),
         "key": ("", v.valid_string),
         "key_file": ("", v.valid_string),
-        "timeout": (30.0, v.valid_float_gt0),
-        "max_retry_after": (300.0, v.valid_float_ge0),
+        "timeout": (30.0, v.float_range(0, HOUR, above=True)),
+        "max_retry_after": (300.0, v.float_range(0, DAY)),
     },
     "buffer": {
-        "max_size": (1_000_000, v.int_range(1)),
-        "max_bytes": (64 * 1024 * 1024, v.int_range(1024)),
+        "max_size": (1_000_000, v.int_range(1, 1_000_000_000)),
+        "max_bytes": (64 * 1024 * 1024, v.int_range(1024, 2**40)),
         "overflow": ("drop_oldest", v.one_of("drop_oldest", "block")),
         "persist_file": ("", v.valid_string),
-        "flush_interval": (1.0, v.valid_float_gt0),
-        "max_retries": (3, v.int_range(0)),
-        "cleanup_interval": (3600.0, v.valid_float_gt0),
-        "message_retention_days": (7.0, v.valid_float_gt0),
+        "flush_interval": (1.0, v.float_range(0, HOUR, above=True)),
+        "max_retries": (3, v.int_range(0, 1_000_000)),
+        "cleanup_interval": (3600.0, v.float_range(1, 7 * DAY)),
+        "message_retention_days": (7.0, v.float_range(0, 3650, above=True)),
         "batch_size": (500, v.int_range(1, 10000)),
-        "commit_interval": (0.1, v.valid_float_ge0),
-        "dead_letter_retention_days": (7.0, v.valid_float_gt0),
-        "dead_letter_max_size": (10_000, v.int_range(0)),
+        "batch_bytes": (1024 * 1024, v.int_range(1024, 64 * 1024 * 1024)),
+        "commit_interval": (0.1, v.float_range(0, 10)),
+        "dead_letter_retention_days": (7.0, v.float_range(0, 3650, above=True)),
+        "dead_letter_max_size": (10_000, v.int_range(0, 100_000_000)),
     },
     "circuit_breaker": {
-        "max_failures": (5, v.int_range(1)),
-        "timeout": (30.0, v.valid_float_gt0),
+        "max_failures": (5, v.int_range(1, 1_000_000)),
+        "timeout": (30.0, v.float_range(0, DAY, above=True)),
     },
     "topics": (["#"], v.list_of(v.valid_topic_filter)),
     "logging": {
         "level": ("info", v.one_of("debug", "info", "warning", "error", aliases={"warn": "warning"})),
-        "stats_interval": (30.0, v.valid_float_ge0),
+        "stats_interval": (30.0, v.float_range(0, DAY)),
     },
     "control": {
         "socket": ("", v.valid_string),
     },
     "limits": {
-        "ingestor_memory_mb": (128.0, v.valid_float_ge0),
-        "persister_memory_mb": (128.0, v.valid_float_ge0),
-        "forwarder_memory_mb": (128.0, v.valid_float_ge0),
-        "memory_check_interval": (5.0, v.valid_float_gt0),
-        "heartbeat_timeout": (30.0, v.valid_float_gt0),
+        "ingestor_memory_mb": (128.0, v.float_range(0, 65536)),
+        "persister_memory_mb": (128.0, v.float_range(0, 65536)),
+        "forwarder_memory_mb": (128.0, v.float_range(0, 65536)),
+        "memory_check_interval": (5.0, v.float_range(0.1, HOUR)),
+        "heartbeat_timeout": (30.0, v.float_range(1, HOUR)),
     },
 }
 
@@ -117,6 +122,8 @@ class Config(Section):
                     out[key] = plain(value, path + (key,))
                 elif redact and (path + (key,)) in SECRET_KEYS and value:
                     out[key] = REDACTED
+                elif redact and (path + (key,)) in URL_KEYS:
+                    out[key] = v.redact_url(value)
                 else:
                     out[key] = value
             return out
@@ -125,7 +132,7 @@ class Config(Section):
 
     def secrets(self):
         """The secret values set in this config, for log redaction."""
-        return [s for s in (self.mqtt.password, self.api.key) if s]
+        return [s for s in (self.mqtt.password, self.api.key, *v.url_secrets(self.api.url)) if s]
 
 
 def _strip_json_comments(text):
@@ -134,11 +141,43 @@ def _strip_json_comments(text):
     return token.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_pairs(pairs):
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last one silently, so a repeated section would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _parse(path, text):
     try:
         if path.lower().endswith(".json"):
-            return json.loads(_strip_json_comments(text))
-        return yaml.safe_load(text)
+            return json.loads(_strip_json_comments(text), object_pairs_hook=_unique_pairs)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(path, None, f"not valid JSON: duplicate key {exc.args[0]!r}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(path, None, f"line {exc.lineno}: not valid JSON: {exc.msg}") from None
     except yaml.YAMLError as exc:
@@ -219,9 +258,37 @@ def load_config(path, environ=None):
     cfg.source = path
     _check_relations(path, cfg)
     cfg.warnings = resolve_secrets(path, cfg, environ)
+    _check_secrets(path, cfg)
     cfg.buffer.persist_file = os.path.abspath(cfg.buffer.persist_file or _default_store(environ))
     if not cfg.control.socket:
         runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
         cfg.control.socket = os.path.join(runtime or os.path.dirname(cfg.buffer.persist_file), "control.sock")
     cfg.control.socket = os.path.abspath(cfg.control.socket)
+    if len(os.fsencode(cfg.control.socket)) > MAX_SOCKET_PATH:
+        raise ConfigError(path, "control.socket", f"expected a path of at most {MAX_SOCKET_PATH} bytes"
+                          f" (the limit of a Unix socket address), got {cfg.control.socket!r}")
     return cfg
+
+
+def _check_secrets(path, cfg):
+    # After resolving: a key read from a file or the environment is checked too.
+    for section, key in sorted(SECRET_KEYS):
+        try:
+            v.valid_no_control(getattr(getattr(cfg, section), key))
+        except ValueError as exc:
+            raise ConfigError(path, f"{section}.{key}", str(exc)) from None
+
+
+def check_writable_paths(cfg):
+    """Raise ConfigError unless the daemon can create its control socket (run and --check only:
+    mqttbufferctl reads the same config as another user)."""
+    existing = os.path.dirname(cfg.control.socket)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        problem = f"{existing!r} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing!r} is not writable for this user"
+    else:
+        return
+    raise ConfigError(cfg.source, "control.socket", f"cannot create {cfg.control.socket!r}: {problem}")

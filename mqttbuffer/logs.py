@@ -7,21 +7,20 @@ import sys
 REDACTED = "***"
 
 
-class RedactingFilter(logging.Filter):
-    """Replace every known secret in a record's final text, whatever code logged it."""
+class RedactingFormatter(logging.Formatter):
+    """Replace every known secret in a record's final text, traceback included, whatever code
+    logged it (an exception's text can quote a header or a URL)."""
 
-    def __init__(self, secrets):
-        super().__init__()
-        self.secrets = [s for s in secrets if s]
+    def __init__(self, fmt, secrets):
+        super().__init__(fmt)
+        # Longest first, so a secret that contains another is replaced whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
-    def filter(self, record):
-        if self.secrets:
-            text = record.getMessage()
-            if any(s in text for s in self.secrets):
-                for secret in self.secrets:
-                    text = text.replace(secret, REDACTED)
-                record.msg, record.args = text, None
-        return True
+    def format(self, record):
+        text = super().format(record)
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
 
 def setup_logging(level="info", secrets=(), environ=None):
@@ -31,8 +30,7 @@ def setup_logging(level="info", secrets=(), environ=None):
     if not environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    handler.addFilter(RedactingFilter(secrets))
+    handler.setFormatter(RedactingFormatter(fmt, secrets))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

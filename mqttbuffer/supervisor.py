@@ -27,6 +27,7 @@ from mqttbuffer.slots import Slot
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.status import Rates, buffer_and_circuit, counters, stats_line
 from mqttbuffer.systemd import Notifier
+from mqttbuffer.validators import redact_url
 from mqttbuffer.workers.forwarder import Forwarder
 from mqttbuffer.workers.ingestor import Ingestor
 from mqttbuffer.workers.persister import Persister
@@ -84,7 +85,7 @@ class Supervisor:
             "restart-worker": self.handle_restart_worker,
         })
         log.info("mqttbuffer %s starting: broker %s, API %s, store %s, client id %s, control %s",
-                 __version__, self.cfg.mqtt.broker, self.cfg.api.url, self.cfg.buffer.persist_file,
+                 __version__, redact_url(self.cfg.mqtt.broker), redact_url(self.cfg.api.url), self.cfg.buffer.persist_file,
                  client_id, self.cfg.control.socket)
         try:
             for slot in self.slots.values():

@@ -23,21 +23,23 @@ def _got(value):
 
 
 def _number(value, what):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"expected {what}, {_got(value)}")
     return value
 
 
-def valid_float_gt0(value):
-    if _number(value, "a number > 0") <= 0:
-        raise ValueError(f"expected a number > 0, {_got(value)}")
-    return float(value)
+def float_range(low, high, above=False):
+    """Validator for a finite number in [low, high], or in (low, high] when ``above``."""
+    what = f"a number > {low:g} and <= {high:g}" if above else f"a number from {low:g} to {high:g}"
 
+    def valid_float(value):
+        number = _number(value, what)
+        if number > high or number < low or (above and number == low):
+            raise ValueError(f"expected {what}, {_got(value)}")
+        return float(number)
 
-def valid_float_ge0(value):
-    if _number(value, "a number >= 0") < 0:
-        raise ValueError(f"expected a number >= 0, {_got(value)}")
-    return float(value)
+    valid_float.__name__ = f"valid_float_{low:g}_{high:g}"
+    return valid_float
 
 
 def int_range(low, high=None):
@@ -64,6 +66,13 @@ def valid_bool(value):
 def valid_string(value):
     if not isinstance(value, str):
         raise ValueError(f"expected a string, {_got(value)}")
+    return value
+
+
+def valid_no_control(value):
+    """A string without control characters (a secret or header with a newline breaks the request)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in valid_string(value)):
+        raise ValueError("expected no control characters (newline, tab, ...)")
     return value
 
 
@@ -97,25 +106,60 @@ def parse_broker_url(url):
         names = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
         raise ValueError(f"expected a URL starting with one of {names}, {_got(url)}")
     transport, tls, default_port = BROKER_SCHEMES[scheme]
-    try:
-        port = parts.port or default_port
-    except ValueError:
-        raise ValueError(f"expected a port from 1 to 65535 in the URL, {_got(url)}") from None
+    port = _port(parts, url) or default_port
     if not parts.hostname:
         raise ValueError(f"expected a host in the URL, {_got(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("expected no user or password in the URL: set mqtt.username and mqtt.password"
+                         f" (or mqtt.password_file) instead, got {redact_url(url)!r}")
     path = parts.path or "/mqtt"
     return transport, tls, parts.hostname, port, path
 
 
+def _port(parts, url):
+    """The URL's explicit port, None when it has none; 0 or > 65535 is refused, never defaulted."""
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535 in the URL, {_got(redact_url(url))}")
+    return port
+
+
+def redact_url(url):
+    """The URL with its password and every query value replaced by ``***``, for logs and dumps."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{host}" if ":" in userinfo else netloc
+    query = "&".join(f"{pair.split('=', 1)[0]}=***" if "=" in pair else pair
+                     for pair in parts.query.split("&")) if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url):
+    """The parts of a URL that may be credentials: its password and its query values."""
+    parts = urllib.parse.urlsplit(url)
+    found = [parts.password] if parts.password else []
+    found += [value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) >= 6]
+    return found
+
+
 def valid_broker_url(value):
-    parse_broker_url(valid_nonempty_string(value))
+    parse_broker_url(valid_no_control(valid_nonempty_string(value)))
     return value
 
 
 def valid_http_url(value):
-    parts = urllib.parse.urlsplit(valid_nonempty_string(value))
+    parts = urllib.parse.urlsplit(valid_no_control(valid_nonempty_string(value)))
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL, {_got(value)}")
+        raise ValueError(f"expected an http:// or https:// URL, {_got(redact_url(value))}")
+    _port(parts, value)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("expected no user or password in the URL: set api.key (or api.key_file) instead,"
+                         f" got {redact_url(value)!r}")
     return value
 
 

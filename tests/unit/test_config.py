@@ -82,7 +82,7 @@ def test_store_goes_to_pikvm_pst_when_persist_file_is_unset(tmp_path):
     ("api: {url: 'http://127.0.0.1:9/x'}\nbuffer: {flush_intervall: 3}\n", "buffer.flush_intervall",
      "did you mean 'flush_interval'"),
     ("api: {url: 'http://127.0.0.1:9/x'}\nbuffer: {flush_interval: soon}\n", "buffer.flush_interval",
-     "expected a number > 0, got 'soon'"),
+     "expected a number > 0 and <= 3600, got 'soon'"),
     ("mqtt: {broker: 'tcp://127.0.0.1:1883'}\n", "api.url", "required"),
     ("api: {url: 'http://127.0.0.1:9/x'}\nmqtt: {qos: 2}\n", "mqtt.qos", "crash-safe"),
     ("api: {url: 'http://127.0.0.1:9/x'}\nmqtt: {broker: 'udp://127.0.0.1'}\n", "mqtt.broker", "tcp://"),
@@ -125,8 +125,8 @@ def test_check_dump_redacts_secrets(tmp_path):
 
 
 @pytest.mark.parametrize("validator, good, bad", [
-    (v.valid_float_gt0, [0.1, 3], [0, -1, "1", True, float("nan")]),
-    (v.valid_float_ge0, [0, 2.5], [-0.1, None]),
+    (v.float_range(0, 10, above=True), [0.1, 3, 10], [0, -1, 10.5, "1", True, float("nan"), float("inf")]),
+    (v.float_range(0, 10), [0, 2.5], [-0.1, None, float("-inf")]),
     (v.int_range(1, 10), [1, 10], [0, 11, 1.5, False]),
     (v.valid_broker_url, ["tcp://h", "mqtts://h:8883", "ws://h/mqtt", "wss://h"], ["h:1883", "tcp://", "tcp://h:99999"]),
     (v.valid_topic_filter, ["#", "a/+/b", "a/#", "+"], ["", "a#", "a/#/b", "a+/b"]),
