@@ -43,24 +43,44 @@ def die(slot, now, code=-signal.SIGKILL):
     return round(slot.restart_at - now, 6)
 
 
-def test_restart_delays_quick_then_doubling_then_reset_after_a_healthy_run():
+def run_and_die(slot, now, uptime):
+    """Let the worker run ``uptime`` seconds, kill it, start it again; return (delay, new now)."""
+    now += uptime
+    slot.check(now)
+    delay = die(slot, now)
+    now = slot.restart_at
+    slot.check(now)
+    assert slot.state == "STARTING"
+    return delay, now
+
+
+def test_quick_deaths_back_off_doubling_up_to_60s():
     slot = Slot(FakeWorker(), FakeContext, SharedStats())
     now = 0.0
     slot.start(now)
     delays = []
-    for _ in range(9):
-        now += 2.0
-        slot.check(now)
-        delays.append(die(slot, now))
-        now = slot.restart_at
-        slot.check(now)
-        assert slot.state == "STARTING"
-    assert delays == [0.1, 1, 2, 4, 8, 16, 32, 60, 60]
-    assert slot.restarts == 9
-    now += 61.0
-    slot.check(now)
-    assert slot.state == "RUNNING"
-    assert die(slot, now) == 0.1, "a death after 60 s up starts the sequence again"
+    for _ in range(8):
+        delay, now = run_and_die(slot, now, 0.5)
+        delays.append(delay)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert slot.restarts == 8
+
+
+def test_a_worker_that_ran_a_few_seconds_is_restarted_at_once_each_time():
+    """3 ingestor kills 4 s apart: every restart immediate, and a crash loop after them starts at 1 s."""
+    slot = Slot(FakeWorker(), FakeContext, SharedStats())
+    now = 0.0
+    slot.start(now)
+    delays = []
+    for _ in range(3):
+        delay, now = run_and_die(slot, now, 4.0)
+        delays.append(delay)
+    assert delays == [0, 0, 0]
+    crash_loop = []
+    for uptime in (0.2, 0.2, 3.0):
+        delay, now = run_and_die(slot, now, uptime)
+        crash_loop.append(delay)
+    assert crash_loop == [1, 2, 0], "a start that lasted STARTSECS ends the crash loop"
 
 
 def test_describe_exit():
