@@ -73,10 +73,10 @@ class Daemon:
         return time.monotonic() - self.started
 
     def _all_alive(self):
-        """Ready: the control socket answers and all three workers are alive."""
+        """Ready: the control socket answers (healthy or degraded) and all three workers are alive."""
         result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", self.config, "status", "--json"],
                                 capture_output=True, text=True)
-        return result.returncode == 0 and result.stdout.count('"alive": true') == 3
+        return result.returncode in (0, 1) and result.stdout.count('"alive": true') == 3
 
     def worker(self, name):
         for child in psutil.Process(self.process.pid).children():

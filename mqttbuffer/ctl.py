@@ -1,7 +1,8 @@
 """``mqttbufferctl``: ask the running daemon for its status or to restart a worker.
 
 Exit codes (as LSB init scripts): 0 ok, 1 the daemon answered with an error, 2 usage or config
-problem, 3 the daemon is not running.
+problem, 3 the daemon is not running. ``status`` (with or without --json) exits 0 when the daemon
+is healthy, 1 when it is degraded (the reasons are its first line), 3 when it is not running.
 """
 
 import argparse
@@ -16,6 +17,7 @@ from mqttbuffer.status import format_summary
 from mqttbuffer.store import Store, StoreError
 
 EX_OK, EX_ERROR, EX_USAGE, EX_NOT_RUNNING = 0, 1, 2, 3
+EX_DEGRADED = 1
 
 
 def parse_args(argv):
@@ -25,7 +27,8 @@ def parse_args(argv):
                        help=f"the daemon's config, to find its control socket (default: {DEFAULT_CONFIG})")
     where.add_argument("--socket", "-s", help="the control socket's path (instead of reading the config)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = commands.add_parser("status", help="workers, buffer, circuit, counters and rates")
+    status = commands.add_parser("status", help="health verdict (exit 0 healthy, 1 degraded), workers, buffer,"
+                                                " broker, API, counters and rates")
     status.add_argument("--json", action="store_true", help="the full status document as JSON")
     restart = commands.add_parser("restart-worker", help="restart one worker (returns at once)")
     restart.add_argument("name", choices=["ingestor", "persister", "forwarder"])
@@ -71,6 +74,7 @@ def main(argv=None):
         return dead_letters(args, data["store"])
     if args.command == "status":
         print(json.dumps(data, indent=2) if args.json else format_summary(data))
+        return EX_OK if data["health"]["verdict"] == "healthy" else EX_DEGRADED
     else:
         print(f"restarting {data['name']} (pid {data['pid']})")
     return EX_OK

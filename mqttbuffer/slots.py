@@ -64,6 +64,8 @@ class Slot:
         self.memory_restarts = 0
         self.last_exit = None
         self.after_stop = None  # "restart" or "backoff" while STOPPING for a restart
+        # Monotonic time it went down; None once it has run STARTSECS, so a crash loop stays down.
+        self.down_since = None
 
     def _transition(self, state, reason=""):
         extra = f", {reason}" if reason else ""
@@ -92,6 +94,7 @@ class Slot:
         self.process.start()
         self.pid = self.process.pid
         self.started_at = now
+        self.down_since = now if self.down_since is None else self.down_since
         self._transition("STARTING")
 
     def check(self, now):
@@ -99,6 +102,8 @@ class Slot:
         if self.process is not None and self.state in ("STARTING", "RUNNING", "STOPPING") \
                 and not self.process.is_alive():
             return self._reap(now)
+        if self.down_since is not None and self.state == "RUNNING" and now - self.started_at >= STARTSECS:
+            self.down_since = None
         if self.state == "STARTING" and now - self.started_at >= RUNNING_AFTER:
             self._transition("RUNNING")
         elif self.state == "BACKOFF" and now >= self.restart_at:
@@ -115,6 +120,7 @@ class Slot:
         code = self.process.exitcode
         self.last_exit = describe_exit(code)
         uptime = now - self.started_at
+        self.down_since = now if self.down_since is None else self.down_since
         self.process.close()
         if self.state == "STOPPING" and self.after_stop == "restart":
             self._transition("EXITED", f"{self.last_exit}, restarting now")
@@ -143,6 +149,7 @@ class Slot:
             return
         self.after_stop = "backoff" if backoff else "restart"
         self.kill_at = now + RESTART_GRACE
+        self.down_since = now if self.down_since is None else self.down_since
         self._transition("STOPPING", reason)
         self.send_signal(signal.SIGTERM)
 
@@ -191,3 +198,6 @@ class Slot:
             "hangs": self.hangs,
             "memory_restarts": self.memory_restarts,
         }
+
+    def down_for(self, now):
+        return None if self.down_since is None else now - self.down_since

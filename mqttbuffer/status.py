@@ -7,7 +7,7 @@ status``, the periodic ``Buffer stats`` log line, and systemd's STATUS=.
 import collections
 import time
 
-from mqttbuffer.stats import CIRCUIT_STATES, COUNTERS
+from mqttbuffer.stats import API_STATES, CIRCUIT_STATES, COUNTERS
 
 RATE_WINDOW = 10.0
 
@@ -49,6 +49,32 @@ def buffer_and_circuit(stats, wall_now):
     )
 
 
+def connections(stats):
+    """The broker, API and persister facts as the workers last wrote them (0 / "": not yet known)."""
+    since = {name: stats.get(name) or None for name in ("broker_since", "api_since", "last_commit_at")}
+    return {
+        "broker": {
+            "connected": bool(stats.get("broker_connected")),
+            "since": since["broker_since"],
+            "protocol": {5: "5", 4: "3.1.1"}.get(int(stats.get("broker_protocol"))),
+            "session_present": bool(stats.get("broker_session_present")),
+            "sessions_lost": int(stats.get("sessions_lost")),
+            "error": stats.text("broker_error"),
+        },
+        "api": {
+            "state": API_STATES[int(stats.get("api_state"))],
+            "since": since["api_since"],
+            "status": int(stats.get("api_status")) or None,
+            "error": stats.text("api_error"),
+        },
+        "persister": {
+            "blocked": bool(stats.get("blocked")),
+            "last_commit_at": since["last_commit_at"],
+            "problem": stats.text("persister_problem"),
+        },
+    }
+
+
 def counters(stats):
     return {name: int(value) for name, value in stats.snapshot(COUNTERS).items()}
 
@@ -64,7 +90,8 @@ def stats_line(stats, rates):
 
 def format_summary(data):
     """A readable multi-line summary of a status document, for ``mqttbufferctl status``."""
-    lines = [f"mqttbuffer {data['version']} (pid {data['pid']}), up {_duration(data['uptime'])}",
+    lines = [data["health"]["summary"], "",
+             f"mqttbuffer {data['version']} (pid {data['pid']}), up {_duration(data['uptime'])}",
              f"  store:   {data['store']}", "", "workers:"]
     for name, w in data["workers"].items():
         rss = f"{w['rss_bytes'] / 1048576:.1f} MiB" if w["rss_bytes"] else "-"
@@ -78,6 +105,14 @@ def format_summary(data):
               f" {b['dead_letters']} dead letters" + (", BLOCKED (not acking)" if b["blocked"] else "")]
     next_in = f", next attempt in {c['next_attempt_in']:.1f}s" if c["next_attempt_in"] else ""
     lines.append(f"circuit:   {c['state']}{next_in}")
+    broker, api = data["broker"], data["api"]
+    if broker["connected"]:
+        protocol = f" (MQTT {broker['protocol']})" if broker["protocol"] else ""
+        lines.append(f"broker:    connected{protocol}")
+    else:
+        lines.append("broker:    not connected" + (f": {broker['error']}" if broker["error"] else ""))
+    status = f" ({api['status']})" if api["status"] else ""
+    lines.append(f"api:       {api['state']}{status}" + (f": {api['error']}" if api["error"] else ""))
     lines.append(f"rates:     in {r['in']:.1f}/s, out {r['out']:.1f}/s")
     lines.append("counters:  " + ", ".join(f"{k} {v}" for k, v in data["counters"].items()))
     return "\n".join(lines)

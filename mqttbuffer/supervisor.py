@@ -24,10 +24,11 @@ from mqttbuffer.control.server import ControlError, ControlServer
 from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.health import HealthChecks
 from mqttbuffer.slots import Slot
-from mqttbuffer.stats import SharedStats
-from mqttbuffer.status import Rates, buffer_and_circuit, counters, stats_line
+from mqttbuffer.stats import GAUGES, TEXTS, SharedStats
+from mqttbuffer.status import Rates, buffer_and_circuit, connections, counters, stats_line
 from mqttbuffer.systemd import Notifier
 from mqttbuffer.validators import redact_url
+from mqttbuffer.verdict import Facts, Worker, assess
 from mqttbuffer.workers.forwarder import Forwarder
 from mqttbuffer.workers.ingestor import Ingestor
 from mqttbuffer.workers.persister import Persister
@@ -40,6 +41,7 @@ INGESTOR_STOP_GRACE = 6.0
 PERSISTER_STOP_GRACE = 2.0
 TOTAL_STOP_GRACE = 9.0
 STATUS_NOTIFY_INTERVAL = 5.0
+HEALTH_INTERVAL = 1.0
 
 
 class Supervisor:
@@ -49,6 +51,9 @@ class Supervisor:
         self.slots = {}
         self.exit_code = 0
         self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.last_health = None
+        self.next_health = 0.0
         self.rates = Rates()
         self.next_stats_log = None
 
@@ -85,8 +90,8 @@ class Supervisor:
             "restart-worker": self.handle_restart_worker,
         })
         log.info("mqttbuffer %s starting: broker %s, API %s, store %s, client id %s, control %s",
-                 __version__, redact_url(self.cfg.mqtt.broker), redact_url(self.cfg.api.url), self.cfg.buffer.persist_file,
-                 client_id, self.cfg.control.socket)
+                 __version__, redact_url(self.cfg.mqtt.broker), redact_url(self.cfg.api.url),
+                 self.cfg.buffer.persist_file, client_id, self.cfg.control.socket)
         try:
             for slot in self.slots.values():
                 slot.start(time.monotonic())
@@ -142,21 +147,56 @@ class Supervisor:
         self.health.check(self.slots.values(), now)
         self.rates.sample(now, self.stats.get("received"), self.stats.get("delivered"))
         self._log_stats(now)
+        self._watch_health(now)
         self._notify_systemd(now)
 
     def _notify_systemd(self, now):
         # Sent from this loop only, so a hung loop stops the watchdog pings and systemd steps in.
         if not self.ready_sent and all(s.state == "RUNNING" for s in self.slots.values()):
             self.ready_sent = True
-            self.notifier.notify("READY=1", f"STATUS={stats_line(self.stats, self.rates)}")
+            self.notifier.notify("READY=1", f"STATUS={self._status_line(now)}")
             log.info("All workers running")
         if self.ready_sent and now >= self.next_status_notify:
             self.next_status_notify = now + STATUS_NOTIFY_INTERVAL
-            self.notifier.notify(f"STATUS={stats_line(self.stats, self.rates)}")
+            self.notifier.notify(f"STATUS={self._status_line(now)}")
         interval = self.notifier.watchdog_interval
         if interval and now >= self.next_watchdog:
             self.next_watchdog = now + interval
             self.notifier.notify("WATCHDOG=1")
+
+    def _status_line(self, now):
+        rate_in, rate_out = self.rates.current()
+        return f"{self.verdict(now).line()}; in {rate_in:.1f}/s, out {rate_out:.1f}/s"
+
+    def verdict(self, now):
+        """The health verdict now (``now`` monotonic; the facts' times are wall-clock)."""
+        try:
+            free = shutil.disk_usage(os.path.dirname(self.cfg.buffer.persist_file)).free
+        except OSError:
+            free = None
+        facts = Facts(
+            gauges=self.stats.snapshot(GAUGES),
+            texts={name: self.stats.text(name) for name in TEXTS},
+            workers={name: Worker(s.state, s.down_for(now), s.last_exit) for name, s in self.slots.items()},
+            started_at=self.started_wall,
+            max_size=self.cfg.buffer.max_size,
+            max_bytes=self.cfg.buffer.max_bytes,
+            store_free=free,
+        )
+        return assess(facts, time.time())
+
+    def _watch_health(self, now):
+        """One log line each time the verdict changes."""
+        if now < self.next_health:
+            return
+        self.next_health = now + HEALTH_INTERVAL
+        health = self.verdict(now)
+        if health.verdict != self.last_health:
+            if not health.healthy:
+                log.warning("%s", health.line())
+            elif self.last_health:
+                log.info("%s", health.line())
+            self.last_health = health.verdict
 
     def _log_stats(self, now):
         interval = self.cfg.logging.stats_interval
@@ -181,7 +221,7 @@ class Supervisor:
     # --- control commands --------------------------------------------------------------------
 
     def handle_status(self, request):
-        """status -> workers, buffer, circuit, counters and rates."""
+        """status -> health verdict, workers, buffer, circuit, broker, API, persister, counters, rates."""
         now, wall = time.monotonic(), time.time()
         buffer, circuit = buffer_and_circuit(self.stats, wall)
         rate_in, rate_out = self.rates.current()
@@ -196,6 +236,8 @@ class Supervisor:
             "circuit": circuit,
             "counters": counters(self.stats),
             "rates": {"in": round(rate_in, 2), "out": round(rate_out, 2)},
+            "health": self.verdict(now).to_dict(),
+            **connections(self.stats),
         }
 
     def handle_restart_worker(self, request):

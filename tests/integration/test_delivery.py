@@ -206,6 +206,8 @@ def test_a_full_disk_blocks_acking_until_space_returns(small_disk, mosquitto, si
     wait_until(lambda: "no space left on the device" in daemon.log(), 20, "the disk-full log line")
     assert daemon.status()["buffer"]["blocked"]
     assert daemon.process.poll() is None and daemon.all_workers_running()
+    code, out, _ = wait_until(lambda: (r := daemon.ctl("status"))[0] == 1 and r, 30, "status to say degraded")
+    assert out.startswith("DEGRADED: ") and "persister not committing" in out and "disk" in out.split("\n")[0]
     filler.unlink()
     sink.status = 200
     assert_all_arrived(sink, accepted, timeout=60)

@@ -29,8 +29,10 @@ def test_status_json_and_summary(mosquitto, sink, make_daemon, publisher):
     assert status["buffer"]["pending"] == 0 and status["buffer"]["dead_letters"] == 0
     assert status["circuit"]["state"] == "closed"
     assert status["counters"]["received"] == 20 and status["counters"]["persisted"] == 20
+    assert status["health"] == {"verdict": "healthy", "reasons": [],
+                                "summary": "HEALTHY: all workers running; nothing waiting"}
     code, out, _ = daemon.ctl("status")
-    assert code == 0
+    assert code == 0 and out.startswith("HEALTHY: all workers running; nothing waiting\n")
     assert "workers:" in out and "ingestor" in out and "circuit:   closed" in out and "delivered 20" in out
 
 
@@ -145,7 +147,7 @@ def test_systemd_notify_ready_status_and_watchdog(mosquitto, sink, make_daemon, 
         received.append(listener.recv(4096).decode())
     listener.close()
     ready = next(m for m in received if "READY=1" in m)
-    assert "STATUS=Buffer stats: pending=" in ready
+    assert "STATUS=HEALTHY: all workers running; nothing waiting; in 0.0/s" in ready
     assert "WATCHDOG=1" in received
 
 

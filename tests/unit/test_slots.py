@@ -83,6 +83,19 @@ def test_a_worker_that_ran_a_few_seconds_is_restarted_at_once_each_time():
     assert crash_loop == [1, 2, 0], "a start that lasted STARTSECS ends the crash loop"
 
 
+def test_down_for_spans_a_crash_loop_and_ends_after_a_steady_run():
+    slot = Slot(FakeWorker(), FakeContext, SharedStats())
+    slot.start(0.0)
+    now = 0.0
+    for _ in range(3):
+        _, now = run_and_die(slot, now, 1.5)
+    assert slot.down_for(now) == now, "down since its first start: it never ran STARTSECS"
+    slot.check(now + 1.0)
+    assert slot.state == "RUNNING" and slot.down_for(now + 1.0) is not None
+    slot.check(now + 3.0)
+    assert slot.down_for(now + 3.0) is None
+
+
 def test_describe_exit():
     assert describe_exit(0) == "exited with 0"
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL (out of memory?)"
