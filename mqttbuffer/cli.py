@@ -9,6 +9,7 @@ import yaml
 from mqttbuffer import __version__
 from mqttbuffer.config import check_writable_paths, load_config
 from mqttbuffer.errors import EX_CONFIG, ConfigError
+from mqttbuffer.lock import EX_TEMPFAIL, StoreLocked, lock_store
 from mqttbuffer.logs import setup_logging
 from mqttbuffer.store import Store, StoreError
 
@@ -42,6 +43,15 @@ def main(argv=None):
     setup_logging(cfg.logging.level, cfg.secrets())
     for warning in cfg.warnings:
         logging.getLogger("mqttbuffer").warning("%s", warning)
+    try:
+        # Before anything else touches the store, the client id or the control socket.
+        lock_store(cfg.buffer.persist_file)
+    except StoreLocked as exc:
+        print(f"mqttbuffer: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except OSError as exc:
+        print(f"mqttbuffer: {args.config}: buffer.persist_file: cannot lock: {exc.strerror or exc}", file=sys.stderr)
+        return EX_CONFIG
     try:
         # Opened once before forking to create the schema and fail early; the supervisor keeps no
         # connection, each worker opens its own.

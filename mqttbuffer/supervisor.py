@@ -20,9 +20,10 @@ import time
 
 from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
-from mqttbuffer.control.server import ControlError, ControlServer
+from mqttbuffer.control.server import ControlError, ControlServer, SocketInUse
 from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.health import HealthChecks
+from mqttbuffer.lock import EX_TEMPFAIL
 from mqttbuffer.slots import Slot
 from mqttbuffer.stats import GAUGES, TEXTS, SharedStats
 from mqttbuffer.status import Rates, buffer_and_circuit, connections, counters, stats_line
@@ -56,6 +57,7 @@ class Supervisor:
         self.next_health = 0.0
         self.rates = Rates()
         self.next_stats_log = None
+        self.failing = {}  # loop part -> the exception type last logged for it
 
     def _on_signal(self, signum, frame):
         self.signals.append(signum)
@@ -63,32 +65,43 @@ class Supervisor:
     def run(self):
         """Run until SIGTERM or SIGINT (or a worker's config error); return the exit code."""
         multiprocessing.current_process().name = "supervisor"
+        try:
+            self.control = ControlServer(self.cfg.control.socket, {
+                "status": self.handle_status,
+                "restart-worker": self.handle_restart_worker,
+            })
+        except SocketInUse as exc:
+            log.error("%s; is another mqttbuffer running with control.socket %s?", exc, self.cfg.control.socket)
+            return EX_TEMPFAIL
+        except OSError as exc:
+            log.error("%s: control.socket: cannot create %s: %s", self.cfg.source, self.cfg.control.socket,
+                      exc.strerror or exc)
+            return EX_CONFIG
         client_id = self.cfg.mqtt.client_id or load_or_create_client_id(
             os.path.join(os.path.dirname(self.cfg.buffer.persist_file), "client_id")
         )
         runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
         links_dir = tempfile.mkdtemp(prefix="mqttbuffer.", dir=runtime)
         self.stats = SharedStats()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
         workers = (
             Persister(self.cfg, links_dir, self.stats),
             Ingestor(self.cfg, links_dir, self.stats, client_id),
             Forwarder(self.cfg, links_dir, self.stats),
         )
+        for worker in workers:
+            worker.supervisor_pid = os.getpid()
+            worker.inherited = (self.control, wake_r, wake_w)
         self.slots = {w.name: Slot(w, FORK, self.stats) for w in workers}
         self.health = HealthChecks(self.cfg.limits, self.stats)
         self.notifier = Notifier()
         self.ready_sent = False
         self.next_watchdog = self.next_status_notify = 0.0
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_r, False)
-        os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, self._on_signal)
-        self.control = ControlServer(self.cfg.control.socket, {
-            "status": self.handle_status,
-            "restart-worker": self.handle_restart_worker,
-        })
         log.info("mqttbuffer %s starting: broker %s, API %s, store %s, client id %s, control %s",
                  __version__, redact_url(self.cfg.mqtt.broker), redact_url(self.cfg.api.url),
                  self.cfg.buffer.persist_file, client_id, self.cfg.control.socket)
@@ -122,6 +135,13 @@ class Supervisor:
             if signum == signal.SIGHUP:
                 log.info("SIGHUP ignored: restart the service to apply a changed config")
                 continue
+            if signum == signal.SIGUSR1:
+                log.info("SIGUSR1: %s", stats_line(self.stats, self.rates))
+                continue
+            if signum == signal.SIGUSR2:
+                log.info("SIGUSR2: workers %s", ", ".join(
+                    f"{slot.name} {slot.state} pid {slot.pid}" for slot in self.slots.values()))
+                continue
             log.info("Received %s, stopping", signal.Signals(signum).name)
             return True
         return False
@@ -130,7 +150,7 @@ class Supervisor:
         now = time.monotonic()
         deadlines = [now + 1.0, self.control.next_deadline()] + [s.next_deadline() for s in self.slots.values()]
         timeout = max(0.0, min(d for d in deadlines if d is not None) - now)
-        waitables = [wake_r, *self.control.waitables(), *(s.sentinel() for s in self.slots.values() if s.sentinel())]
+        waitables = [wake_r, *self.control.waitables(now), *(s.sentinel() for s in self.slots.values() if s.sentinel())]
         ready = multiprocessing.connection.wait(waitables, timeout)
         try:
             while os.read(wake_r, 512):
@@ -138,17 +158,35 @@ class Supervisor:
         except BlockingIOError:
             pass
         now = time.monotonic()
-        self.control.serve(ready, now)
+        # Each part on its own: a failure in one (the control socket out of descriptors, a
+        # psutil error) must not skip the others, supervision above all.
+        self._guarded("control socket", self.control.serve, ready, now)
         for slot in self.slots.values():
-            code = slot.check(now)
-            if code == EX_CONFIG:
-                log.error("%s found a configuration problem (exit 78); stopping", slot.name)
-                self.exit_code = EX_CONFIG
-        self.health.check(self.slots.values(), now)
+            self._guarded(f"{slot.name} slot", self._check_slot, slot, now)
+        self._guarded("health checks", self.health.check, self.slots.values(), now)
+        self._guarded("stats", self._report, now)
+
+    def _check_slot(self, slot, now):
+        if slot.check(now) == EX_CONFIG:
+            log.error("%s found a configuration problem (exit 78); stopping", slot.name)
+            self.exit_code = EX_CONFIG
+
+    def _report(self, now):
         self.rates.sample(now, self.stats.get("received"), self.stats.get("delivered"))
         self._log_stats(now)
         self._watch_health(now)
         self._notify_systemd(now)
+
+    def _guarded(self, part, function, *args):
+        try:
+            function(*args)
+        except Exception as exc:
+            if self.failing.get(part) is not type(exc):
+                log.exception("Supervisor: %s failed; the rest of the loop goes on", part)
+                self.failing[part] = type(exc)
+            return
+        if self.failing.pop(part, None):
+            log.info("Supervisor: %s works again", part)
 
     def _notify_systemd(self, now):
         # Sent from this loop only, so a hung loop stops the watchdog pings and systemd steps in.

@@ -6,6 +6,7 @@ everything that owns a file descriptor; ``step(now)`` does one iteration (what u
 ``wake_r``, which every worker includes in its waits, so it notices at once); ``shutdown()`` finishes cleanly.
 """
 
+import ctypes
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ import setproctitle
 from mqttbuffer.logs import setup_logging
 
 EX_SOFTWARE = 70
+PR_SET_PDEATHSIG = 1
 # A step waits at most about half a second; a worker that has not begun its next step this long
 # after beginning the last one is late (the supervisor adds limits.heartbeat_timeout on top).
 STEP_BUDGET = 2.0
@@ -31,12 +33,15 @@ class Worker:
         self.stats = stats
         self.stopping = False
         self.log = logging.getLogger(f"mqttbuffer.{self.name}")
+        self.supervisor_pid = None
+        self.inherited = ()  # the supervisor's sockets and fds, closed right after fork
 
     def stop(self, *_):
         self.stopping = True
 
     def run(self):
         """The child's main: called by multiprocessing right after fork."""
+        self._leave_parent()
         # The parent's wakeup fd must not fire here: a signal to this worker would otherwise wake
         # the supervisor as if it had been signalled itself. Ours wakes the worker's own waits.
         self.wake_r, self.wake_w = os.pipe()
@@ -47,11 +52,16 @@ class Worker:
         # Ctrl-C reaches the whole process group; the supervisor decides the order of stopping.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         setproctitle.setproctitle(f"mqttbuffer-{self.name}")
         setup_logging(self.cfg.logging.level, self.cfg.secrets())
         try:
             self.setup()
             while not self.stopping:
+                if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
+                    self.log.error("%s: the supervisor (pid %s) is gone; exiting", self.name, self.supervisor_pid)
+                    os._exit(EX_SOFTWARE)
                 now = time.monotonic()
                 self.stats.beat(self.name, now + STEP_BUDGET)
                 self.step(now)
@@ -59,6 +69,25 @@ class Worker:
         except Exception:
             self.log.exception("%s failed", self.name)
             sys.exit(EX_SOFTWARE)
+
+    def _leave_parent(self):
+        """Die with the supervisor, and let go of what is the supervisor's alone.
+
+        A worker outliving a SIGKILLed supervisor would keep the store, the MQTT session and
+        the control socket from the next daemon."""
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # not Linux: the parent checks here and in the main loop still apply
+        # The supervisor may have died before prctl took effect.
+        if self.supervisor_pid is not None and os.getppid() != self.supervisor_pid:
+            os._exit(EX_SOFTWARE)
+        for item in self.inherited:
+            if isinstance(item, int):
+                os.close(item)
+            else:
+                item.close_in_child()
 
     def wake(self):
         """Interrupt the worker's current wait (safe from any thread)."""
