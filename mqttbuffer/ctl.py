@@ -1,5 +1,7 @@
 """``mqttbufferctl``: ask the running daemon for its status or to restart a worker.
 
+``dead-letters`` works with the daemon stopped too: it then opens the store the config names.
+
 Exit codes (as LSB init scripts): 0 ok, 1 the daemon answered with an error, 2 usage or config
 problem, 3 the daemon is not running. ``status`` (with or without --json) exits 0 when the daemon
 is healthy, 1 when it is degraded (the reasons are its first line), 3 when it is not running.
@@ -8,6 +10,7 @@ is healthy, 1 when it is degraded (the reasons are its first line), 3 when it is
 import argparse
 import datetime
 import json
+import os
 import sys
 
 from mqttbuffer.cli import DEFAULT_CONFIG
@@ -60,6 +63,8 @@ def main(argv=None):
     try:
         reply = request(path, "status" if args.command == "dead-letters" else args.command, **command_args)
     except NotRunning as exc:
+        if args.command == "dead-letters" and not args.socket:
+            return dead_letters_stopped(args)
         print(f"mqttbufferctl: mqttbuffer is not running ({exc}); start it with"
               " 'systemctl start mqttbuffer' or 'mqttbuffer --config FILE'", file=sys.stderr)
         return EX_NOT_RUNNING
@@ -78,6 +83,17 @@ def main(argv=None):
     else:
         print(f"restarting {data['name']} (pid {data['pid']})")
     return EX_OK
+
+
+def dead_letters_stopped(args):
+    """With the daemon stopped, the store named by the config (the daemon would use the same)."""
+    path = load_config(args.config).buffer.persist_file
+    if not os.path.exists(path):
+        print(f"mqttbufferctl: mqttbuffer is not running and there is no store at {path} ({args.config}:"
+              " buffer.persist_file)", file=sys.stderr)
+        return EX_ERROR
+    print(f"mqttbuffer is not running; using the store {path}", file=sys.stderr)
+    return dead_letters(args, path)
 
 
 def dead_letters(args, store_path):
