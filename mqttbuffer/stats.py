@@ -7,6 +7,7 @@ as long as the supervisor, so counters survive worker restarts.
 """
 
 import multiprocessing
+import time
 
 COUNTERS = (
     "received",            # ingestor: messages taken from the broker
@@ -48,7 +49,8 @@ API_STATES = ("ok", "refusing", "unreachable", "failing")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 WORKER_NAMES = ("persister", "ingestor", "forwarder")
 HEARTBEATS = tuple(f"heartbeat_{name}" for name in WORKER_NAMES)
-FIELDS = COUNTERS + GAUGES + HEARTBEATS
+LAST_BEATS = tuple(f"last_beat_{name}" for name in WORKER_NAMES)
+FIELDS = COUNTERS + GAUGES + HEARTBEATS + LAST_BEATS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 
 
@@ -70,8 +72,13 @@ class SharedStats:
         return self._values[_INDEX[name]]
 
     def beat(self, worker, until):
-        """Say the worker will beat again by monotonic time ``until``."""
+        """Say the worker will beat again by monotonic time ``until`` (and that it beat now)."""
         self._values[_INDEX[f"heartbeat_{worker}"]] = until
+        self._values[_INDEX[f"last_beat_{worker}"]] = time.monotonic()
+
+    def last_beat(self, worker):
+        """The monotonic time of the worker's last beat (or of its start)."""
+        return self._values[_INDEX[f"last_beat_{worker}"]]
 
     def heartbeat(self, worker):
         return self._values[_INDEX[f"heartbeat_{worker}"]]

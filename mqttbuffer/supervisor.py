@@ -64,7 +64,6 @@ class Supervisor:
 
     def run(self):
         """Run until SIGTERM or SIGINT (or a worker's config error); return the exit code."""
-        multiprocessing.current_process().name = "supervisor"
         try:
             self.control = ControlServer(self.cfg.control.socket, {
                 "status": self.handle_status,
