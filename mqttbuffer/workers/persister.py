@@ -4,10 +4,9 @@ It listens for the ingestor, commits every batch that arrived while the previous
 one transaction (group commit: one fsync for all of them), and only then confirms those batches,
 so the ingestor acks nothing that is not on disk. Commits are at least ``buffer.commit_interval``
 apart: on an SD card an fsync per arriving batch would write kilobytes per message, while a few
-milliseconds of waiting lets each commit carry many. The exception is a burst: once half of the
-broker's in-flight window waits uncommitted, waiting longer would only stall the broker, so the
-commit happens at once. The window is ``mqtt.receive_maximum`` with MQTT 5; MQTT 3.1.1 cannot
-tell the broker, so mosquitto's default ``max_inflight_messages`` (20) is assumed. It also
+milliseconds of waiting lets each commit carry many. The exception is when the ingestor says
+nothing more is coming soon (the stream paused, or half of the broker's window waits): waiting
+would only stall the broker, so the commit happens at once. It also
 enforces the store's bounds (``buffer.max_size``/``max_bytes`` with ``overflow``) and, every
 ``cleanup_interval``, retention.
 
@@ -26,7 +25,6 @@ from mqttbuffer.workers.base import Worker
 
 LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = 1.0
-MQTT311_WINDOW = 20
 DROP_LOG_INTERVAL = 10.0
 DAY = 86400.0
 # Messages stamped before this wall-clock time were received while the clock was unset (a Pi
@@ -44,8 +42,7 @@ class Persister(Worker):
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
-        window = self.cfg.mqtt.receive_maximum if self.cfg.mqtt.protocol == "5" else MQTT311_WINDOW
-        self.commit_rows = max(1, window // 2)
+        self.flush_wanted = False  # the ingestor asked for a commit now
         self.commit_at = 0.0
         self.problem = None  # why commits are held back: "full", "error", or None
         self.dropped_unlogged = 0
@@ -72,6 +69,8 @@ class Persister(Worker):
         now = time.monotonic()
         if self.uncommitted and self._commit_due(now):
             self._commit(now)
+        elif not self.uncommitted:
+            self.flush_wanted = False
         if now >= self.cleanup_at:
             self.cleanup_at = now + self.cfg.buffer.cleanup_interval
             self._clean_up()
@@ -84,14 +83,16 @@ class Persister(Worker):
     def _commit_due(self, now):
         if now >= self.commit_at:
             return True
-        return not self.problem and sum(len(rows) for _, _, rows in self.uncommitted) >= self.commit_rows
+        return not self.problem and self.flush_wanted
 
     def _receive(self, link):
         """Take every batch waiting on link, so one commit covers all of them."""
         try:
             while link.poll(0):
-                batch_no, rows = link.recv()
-                self.uncommitted.append((link, batch_no, rows))
+                batch_no, rows, flush = link.recv()
+                if batch_no is not None:
+                    self.uncommitted.append((link, batch_no, rows))
+                self.flush_wanted = self.flush_wanted or flush
         except ipc.LINK_ERRORS:
             # The ingestor went away; it re-sends whatever we never confirmed to it.
             self._drop(link)
@@ -132,6 +133,7 @@ class Persister(Worker):
                        " frees space (overflow: block)", count, size)
             return
         batches, rest = self.uncommitted[:fitting], self.uncommitted[fitting:]
+        self.flush_wanted = False
         rows = [row for _, _, batch in batches for row in batch]
         bounded = self.cfg.buffer.overflow == "drop_oldest"
         try:
