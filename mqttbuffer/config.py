@@ -15,6 +15,7 @@ import yaml
 from mqttbuffer import validators as v
 from mqttbuffer.errors import ConfigError
 from mqttbuffer.logs import REDACTED
+from mqttbuffer.metrics import parse_listen
 from mqttbuffer.secrets import resolve_secrets
 
 SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
@@ -24,6 +25,14 @@ REQUIRED = object()
 HOUR, DAY = 3600.0, 86400.0
 # AF_UNIX addresses hold 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
+
+
+def _valid_listen(value):
+    """metrics.listen: "" (off) or HOST:PORT."""
+    value = v.valid_string(value)
+    if value:
+        parse_listen(value)
+    return value
 
 
 def _valid_qos(value):
@@ -94,6 +103,9 @@ SCHEMA = {
     },
     "control": {
         "socket": ("", v.valid_string),
+    },
+    "metrics": {
+        "listen": ("", _valid_listen),
     },
     "limits": {
         "ingestor_memory_mb": (128.0, v.float_range(0, 65536)),

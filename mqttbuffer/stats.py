@@ -19,6 +19,11 @@ COUNTERS = (
     "dropped",             # persister: messages removed by overflow: drop_oldest
     "requests",            # forwarder: HTTP requests made
     "requests_failed",     # forwarder: requests that did not end in a 2xx
+    "requests_2xx",        # forwarder: requests by the class of their answer...
+    "requests_3xx",
+    "requests_4xx",
+    "requests_5xx",
+    "requests_error",      # ...or with no answer (connection error, timeout)
 )
 GAUGES = (
     "pending",             # messages waiting in the store

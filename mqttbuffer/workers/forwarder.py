@@ -95,6 +95,8 @@ class Forwarder(Worker):
         answer = self._post(rows, now)
         now = time.monotonic()
         kind = classify(answer.status)
+        answer_class = (answer.status or 0) // 100
+        self.stats.add(f"requests_{answer_class}xx" if 2 <= answer_class <= 5 else "requests_error")
         attempts_after = rows[0][7] + 1 if kind == FAILED and len(rows) == 1 else 0
         decision = self.policy.decide(kind, len(rows), now, answer.retry_after, attempts_after)
         seqs = [row[0] for row in rows]

@@ -1,14 +1,20 @@
-"""What the operator runs beside the daemon: mqttbufferctl with the daemon stopped."""
+"""What the operator runs beside the daemon: mqttbufferctl with the daemon stopped, metrics."""
 
 import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
+import psutil
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbuffer.store import Store
+from tests.conftest import free_port, wait_until
+from tests.integration.test_pipeline import assert_all_arrived
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +57,37 @@ def test_dead_letters_with_no_store_says_where_it_looked(tmp_path):
     code, _, err = ctl(config, "dead-letters")
     assert code == 1 and "no store at " + str(tmp_path / "nowhere" / "buffer.db") in err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_metrics_parse_and_match_status_json(mosquitto, sink, make_daemon, publisher):
+    port = free_port()
+    daemon = make_daemon(mosquitto, sink, metrics={"listen": f"127.0.0.1:{port}"}).start()
+    sink.plan.append((503, {}))
+    sink.reject = lambda m: 400 if m["payload"]["n"] == 0 else None
+    publisher.publish(20)
+    assert_all_arrived(sink, publisher.accepted() - {0})
+    status = wait_until(lambda: (s := daemon.status())["counters"]["delivered"] == 19 and s, 10, "counters")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    values = {(s.name, tuple(s.labels.values())): s.value
+              for family in text_string_to_metric_families(text) for s in family.samples}
+    for name, value in status["counters"].items():
+        if not name.startswith("requests_") or name == "requests_failed":
+            assert values[(f"mqttbuffer_{name}_total", ())] == value, name
+    assert status["counters"]["requests_5xx"] == values[("mqttbuffer_requests_by_class_total", ("5xx",))] == 1
+    assert status["counters"]["requests_4xx"] >= 1 and status["counters"]["requests_2xx"] >= 2
+    assert values[("mqttbuffer_pending_messages", ())] == status["buffer"]["pending"] == 0
+    assert values[("mqttbuffer_dead_letters", ())] == 1
+    assert values[("mqttbuffer_broker_connected", ())] == int(status["broker"]["connected"])
+    assert values[("mqttbuffer_worker_rss_bytes", ("forwarder",))] > 1_000_000
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+
+
+def test_metrics_are_off_by_default(mosquitto, sink, make_daemon):
+    daemon = make_daemon(mosquitto, sink).start()
+    wait_until(daemon.all_workers_running, 10, "all workers")
+    assert not any(c.laddr.port == 9108 for c in psutil.Process(daemon.process.pid).net_connections("tcp")
+                   if c.status == psutil.CONN_LISTEN)
+    assert "Metrics at" not in daemon.log()
