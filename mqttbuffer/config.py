@@ -84,7 +84,7 @@ SCHEMA = {
         "persist_file": ("", v.valid_string),
         "flush_interval": (1.0, v.float_range(0, HOUR, above=True)),
         "max_retries": (3, v.int_range(0, 1_000_000)),
-        "cleanup_interval": (3600.0, v.float_range(1, 7 * DAY)),
+        "cleanup_interval": (3600.0, v.float_range(0.1, 7 * DAY)),
         "message_retention_days": (7.0, v.float_range(0, 3650, above=True)),
         "batch_size": (500, v.int_range(1, 10000)),
         "batch_bytes": (1024 * 1024, v.int_range(1024, 64 * 1024 * 1024)),

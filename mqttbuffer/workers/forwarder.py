@@ -9,11 +9,14 @@ only does the I/O and the logging.
 
 import logging
 import random
+import sqlite3
 import time
 
 import urllib3
 
 from mqttbuffer import __version__, ipc
+from mqttbuffer.crashguard import CrashGuard
+from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.delivery import DELIVERED, FAILED, REJECTED, DeliveryPolicy, classify, parse_retry_after
 from mqttbuffer.stats import CIRCUIT_STATES
 from mqttbuffer.store import Store
@@ -65,6 +68,22 @@ class Forwarder(Worker):
         self.oldest_seq = None
         self.oldest_since = 0.0
         self.gauges_at = 0.0
+        self.guard = CrashGuard(self.stats)
+        self._after_a_death()
+
+    def _after_a_death(self):
+        if self.guard.death:
+            first, count, size, why = self.guard.death
+            self.log.warning("The previous forwarder died handling %d messages (%d bytes, from seq %d): %s;"
+                             " at most %d messages, %d bytes per request for now",
+                             count, size, first, why, *self.guard.limits(count, size))
+        if self.guard.quarantine:
+            seq, why = self.guard.quarantine
+            moved = self.store.dead_letter([seq], "crashed", time.time(), None, why)
+            self.stats.add("crashed", moved)
+            self.log.warning("Message at seq %d moved to dead letters: crashed, the forwarder died on it"
+                             " %d times: %s", seq, self.guard.quarantine_after, why)
+            self.guard.quarantined()
 
     def step(self, now):
         if now >= self.gauges_at:
@@ -87,9 +106,21 @@ class Forwarder(Worker):
         if waited < self.cfg.buffer.flush_interval and self.store.totals()[0] < self.policy.batch_limit():
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
-        rows = self.store.oldest(self.policy.batch_limit())
-        if rows:  # empty only if the persister dropped or expired them just now
+        self.guard.reading()
+        rows = self.store.oldest(*self.guard.limits(self.policy.batch_limit(), self.cfg.buffer.batch_bytes))
+        if not rows:  # only if the persister dropped or expired them just now
+            self.guard.clear()
+            return
+        self.guard.begin(rows)
+        try:
             self._deliver(rows, now)
+        except sqlite3.Error:
+            self.guard.clear()  # the store's fault, not the messages'
+            raise
+        except Exception as exc:
+            self.guard.dying(exc)
+            raise
+        self.guard.done()
 
     def _deliver(self, rows, now):
         answer = self._post(rows, now)
@@ -132,14 +163,17 @@ class Forwarder(Worker):
         self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
         self.stats.add("requests")
         try:
-            response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
-                                         preload_content=False)
-            try:
-                excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
-                response.drain_conn()
-            finally:
-                response.release_conn()
+            with request_deadline(self.cfg.api.timeout):
+                response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
+                                             preload_content=False)
+                try:
+                    excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
+                    response.drain_conn()
+                finally:
+                    response.release_conn()
         except urllib3.exceptions.HTTPError as exc:
+            if isinstance(exc, DeadlineExceeded):
+                self.http.clear()  # the connection is mid-answer: never reuse it
             return Answer(None, problem=f"{type(exc).__name__}: {exc}")
         retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
         return Answer(response.status, retry_after, excerpt, f"HTTP {response.status}")

@@ -138,7 +138,8 @@ class Persister(Worker):
         bounded = self.cfg.buffer.overflow == "drop_oldest"
         try:
             inserted, dropped = self.store.insert(
-                rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None
+                rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None,
+                keep_upto=self.stats.get("handling_last_seq"),
             )
         except sqlite3.Error as exc:
             full = "full" in str(exc)
