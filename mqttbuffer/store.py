@@ -14,6 +14,7 @@ message's size is its payload and topic bytes plus ``ROW_OVERHEAD``, about what 
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 
 BUSY_TIMEOUT_MS = 10_000
 # Every commit rewrites whole pages (the table's last leaf, the id index, the totals row, the
@@ -112,6 +113,23 @@ class Store:
 
     def close(self):
         self._db.close()
+
+    @staticmethod
+    def inspect(path):
+        """A read-only look at an existing store, creating and changing nothing (for doctor):
+        (quick_check's verdict, messages waiting, dead letters)."""
+        try:
+            db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                waiting = db.execute("SELECT count FROM totals").fetchone()
+                dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        return verdict, waiting[0] if waiting else 0, dead
 
     # --- the queue ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""What the operator runs beside the daemon: mqttbufferctl with the daemon stopped, metrics."""
+"""What the operator runs beside the daemon: mqttbufferctl with the daemon stopped, doctor, metrics."""
 
 import json
 import subprocess
@@ -13,8 +13,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbuffer.store import Store
-from tests.conftest import free_port, wait_until
+from tests.conftest import Mosquitto, free_port, wait_until
 from tests.integration.test_pipeline import assert_all_arrived
+from tests.tls import make_ca, make_server_cert, tls_listener_config
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +92,76 @@ def test_metrics_are_off_by_default(mosquitto, sink, make_daemon):
     assert not any(c.laddr.port == 9108 for c in psutil.Process(daemon.process.pid).net_connections("tcp")
                    if c.status == psutil.CONN_LISTEN)
     assert "Metrics at" not in daemon.log()
+
+
+def doctor(config):
+    code, out, err = ctl(config, "doctor")
+    print(out)
+    assert not err and "Traceback" not in out
+    return code, out
+
+
+def doctor_config(tmp_path, broker, api_url, **mqtt):
+    config = tmp_path / "doctor.yaml"
+    config.write_text(yaml.safe_dump({
+        "mqtt": {"broker": broker, "connect_timeout": 3, **mqtt},
+        "api": {"url": api_url, "key": "wrong-key-4711"},
+        "buffer": {"persist_file": str(tmp_path / "store" / "buffer.db")},
+        "topics": ["test/#"],
+    }))
+    return config
+
+
+def line_and_fix(out, start):
+    lines = out.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith(start))
+    return lines[i], lines[i + 1] if i + 1 < len(lines) else ""
+
+
+def test_doctor_names_a_wrong_broker_port_and_a_wrong_api_key(tmp_path, sink):
+    sink.status = 401
+    code, out = doctor(doctor_config(tmp_path, f"tcp://127.0.0.1:{free_port()}", sink.url))
+    assert code == 1
+    broker, fix = line_and_fix(out, "✘ broker")
+    assert "refused (nothing listens there?)" in broker and "fix: check mqtt.broker's host and port" in fix
+    api, fix = line_and_fix(out, "✘ API")
+    assert "refuses the request (401" in api and "fix: check api.key" in fix
+    assert "wrong-key-4711" not in out
+    assert sink.requests[0][2] == [] and sink.requests[0][3]["apikey"] == "wrong-key-4711"
+    assert out.startswith("✔ config ") and "✔ store directory " in out
+
+
+def test_doctor_names_an_untrusted_ca_and_a_missing_table(tmp_path, sink):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    make_ca(certs, "broker-ca")
+    untrusted = make_ca(certs, "other-ca")
+    broker = Mosquitto(tmp_path, tls_listener_config(*make_server_cert(certs, "broker-ca")))
+    broker.start()
+    try:
+        sink.status = 404
+        code, out = doctor(doctor_config(tmp_path, f"mqtts://127.0.0.1:{broker.port}", sink.url,
+                                         tls={"ca_file": str(untrusted)}))
+    finally:
+        broker.stop()
+    assert code == 1
+    line, fix = line_and_fix(out, "✘ broker")
+    assert "TLS: certificate verify failed" in line and "fix: set mqtt.tls.ca_file" in fix
+    line, fix = line_and_fix(out, "✘ API")
+    assert "refuses the request (404" in line and "no such table" in fix
+
+
+def test_doctor_passes_with_a_trusted_tls_broker_and_a_working_api(tmp_path, sink):
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_ca(certs, "broker-ca")
+    broker = Mosquitto(tmp_path, tls_listener_config(*make_server_cert(certs, "broker-ca")))
+    broker.start()
+    try:
+        code, out = doctor(doctor_config(tmp_path, f"mqtts://127.0.0.1:{broker.port}", sink.url,
+                                         tls={"ca_file": str(ca)}, protocol="auto"))
+    finally:
+        broker.stop()
+    assert code == 0 and "✘" not in out
+    assert "TLS, MQTT 5 CONNECT accepted (mqtt.protocol auto picks 5)" in out
+    assert "SUBSCRIBE to test/# granted" in out and "accepted an empty batch [] (200)" in out
