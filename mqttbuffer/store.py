@@ -232,17 +232,17 @@ class Store:
             self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
         return moved
 
-    def expire(self, received_after, received_before, now):
+    def expire(self, received_after, received_before, now, limit=None):
         """Move messages received between two wall-clock times to dead letters as 'expired'.
 
         Messages are appended in arrival order, so this walks the queue from the oldest and stops
-        at the first one received at or after received_before: a backlog is not read whole (an
-        index on received_at would cost writes for every message instead). Messages stamped
-        before received_after (clock unset) are passed over and kept."""
+        at the first one received at or after received_before, or after ``limit`` due ones: a
+        backlog is not read whole (an index on received_at would cost writes for every message
+        instead). Messages stamped before received_after (clock unset) are passed over and kept."""
         with _transaction(self._db):
             due = []
             for seq, received_at in self._db.execute("SELECT seq, received_at FROM messages ORDER BY seq"):
-                if received_at >= received_before:
+                if received_at >= received_before or (limit is not None and len(due) >= limit):
                     break
                 if received_at >= received_after:
                     due.append(seq)

@@ -20,6 +20,7 @@ import sqlite3
 import time
 
 from mqttbuffer import ipc
+from mqttbuffer.retention import RetentionGuard
 from mqttbuffer.store import ROW_OVERHEAD, Store
 from mqttbuffer.workers.base import Worker
 
@@ -48,6 +49,7 @@ class Persister(Worker):
         self.dropped_unlogged = 0
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
+        self.retention = RetentionGuard(self.cfg.buffer.message_retention_days * DAY, time.monotonic(), time.time())
 
     def step(self, now):
         if not self.uncommitted:
@@ -118,18 +120,20 @@ class Persister(Worker):
             fitting += 1
         return fitting
 
-    def _hold(self, now, problem, message, *args):
+    def _hold(self, now, problem, words, message, *args):
         if self.problem != problem:
             self.log.warning(message, *args)
         self.problem = problem
         self.stats.set("blocked", 1)
+        self.stats.set_text("persister_problem", words)
         self.commit_at = now + RETRY_COMMIT_AFTER
 
     def _commit(self, now):
         fitting = self._batches_that_fit()
         if not fitting:
             count, size = self.store.totals()
-            self._hold(now, "full", "Buffer full (%d messages, %d bytes): not acking until the forwarder"
+            self._hold(now, "full", f"buffer full (overflow: block): {count} messages, {size} bytes",
+                       "Buffer full (%d messages, %d bytes): not acking until the forwarder"
                        " frees space (overflow: block)", count, size)
             return
         batches, rest = self.uncommitted[:fitting], self.uncommitted[fitting:]
@@ -143,7 +147,9 @@ class Persister(Worker):
             )
         except sqlite3.Error as exc:
             full = "full" in str(exc)
-            self._hold(now, "error", "Cannot commit %d messages to %s: %s%s; not acking until it works again",
+            path = self.cfg.buffer.persist_file
+            self._hold(now, "error", f"disk full: {path}" if full else f"cannot commit to {path}: {exc}",
+                       "Cannot commit %d messages to %s: %s%s; not acking until it works again",
                        len(rows), self.cfg.buffer.persist_file, exc,
                        " (no space left on the device)" if full else "")
             return
@@ -152,6 +158,8 @@ class Persister(Worker):
             self.log.info("Committing again; the broker's held messages follow")
             self.problem = None
             self.stats.set("blocked", 0)
+            self.stats.set_text("persister_problem", "")
+        self.stats.set("last_commit_at", time.time())
         self.stats.add("persisted", inserted)
         if dropped:
             self.stats.add("dropped", dropped)
@@ -169,16 +177,25 @@ class Persister(Worker):
                 self._drop(link)
 
     def _clean_up(self):
-        buffer, wall = self.cfg.buffer, time.time()
+        buffer, wall, now = self.cfg.buffer, time.time(), time.monotonic()
         try:
-            cutoff = wall - buffer.message_retention_days * DAY
-            expired = self.store.expire(PLAUSIBLE_EPOCH, cutoff, wall)
-            forgotten = self.store.trim_dead_letters(wall - buffer.dead_letter_retention_days * DAY,
-                                                     buffer.dead_letter_max_size)
+            waiting, oldest = self.store.totals()[0], self.store.head()[1]
+            may_run, limit = self.retention.plan(now, wall, oldest, waiting)
+            if not may_run:
+                self.cleanup_at = self.retention.started_mono + self.retention.grace
+                return
+            expired = self.store.expire(PLAUSIBLE_EPOCH, wall - buffer.message_retention_days * DAY, wall, limit)
+            # Forgetting dead letters by age trusts the clock as much: only the count cap applies then.
+            dead_before = wall - buffer.dead_letter_retention_days * DAY if limit is None else 0.0
+            forgotten = self.store.trim_dead_letters(dead_before, buffer.dead_letter_max_size)
         except sqlite3.Error as exc:
             self.log.error("Cleanup of %s failed: %s; trying again in %gs", buffer.persist_file, exc,
                            buffer.cleanup_interval)
             return
+        if limit is not None and expired == limit:
+            self.log.warning("Retention: the clock cannot be checked against the age of the oldest messages"
+                             " (received before this start, or the clock jumped); expiring at most %d of %d"
+                             " per pass", limit, waiting)
         if expired:
             self.stats.add("expired", expired)
             self.log.warning("Moved %d messages older than %g days to dead letters (expired)",
