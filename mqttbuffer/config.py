@@ -12,10 +12,10 @@ import types
 
 import yaml
 
+from mqttbuffer import apiheaders, wire
 from mqttbuffer import validators as v
 from mqttbuffer.errors import ConfigError
 from mqttbuffer.logs import REDACTED
-from mqttbuffer.metrics import parse_listen
 from mqttbuffer.secrets import resolve_secrets
 
 SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
@@ -25,14 +25,6 @@ REQUIRED = object()
 HOUR, DAY = 3600.0, 86400.0
 # AF_UNIX addresses hold 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
-
-
-def _valid_listen(value):
-    """metrics.listen: "" (off) or HOST:PORT."""
-    value = v.valid_string(value)
-    if value:
-        parse_listen(value)
-    return value
 
 
 def _valid_qos(value):
@@ -62,9 +54,7 @@ SCHEMA = {
         "reconnect_interval": (5.0, v.float_range(0, HOUR, above=True)),
         "max_reconnect_interval": (60.0, v.float_range(0, HOUR, above=True)),
         "qos": (1, _valid_qos),
-        "protocol": ("auto", v.one_of("auto", "5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
-        "connect_timeout": (10.0, v.float_range(0, HOUR, above=True)),
-        "max_inflight_bytes": (16 * 1024 * 1024, v.int_range(64 * 1024, 2**31)),
+        "protocol": ("5", v.one_of("5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
         "keepalive": (60, v.int_range(5, 65535)),
         "session_expiry": (7 * 24 * 3600, v.int_range(0, 0xFFFFFFFF)),
         "receive_maximum": (1000, v.int_range(1, 65535)),
@@ -76,6 +66,11 @@ SCHEMA = {
         "key_file": ("", v.valid_string),
         "timeout": (30.0, v.float_range(0, HOUR, above=True)),
         "max_retry_after": (300.0, v.float_range(0, DAY)),
+        "max_refused_backoff": (300.0, v.float_range(0, DAY, above=True)),
+        "headers": ({}, apiheaders.valid_headers),
+        "fields": ({}, wire.valid_fields),
+        "constants": ({}, wire.valid_constants),
+        "duplicate_is_delivered": (True, v.valid_bool),
     },
     "buffer": {
         "max_size": (1_000_000, v.int_range(1, 1_000_000_000)),
@@ -84,7 +79,7 @@ SCHEMA = {
         "persist_file": ("", v.valid_string),
         "flush_interval": (1.0, v.float_range(0, HOUR, above=True)),
         "max_retries": (3, v.int_range(0, 1_000_000)),
-        "cleanup_interval": (3600.0, v.float_range(0.1, 7 * DAY)),
+        "cleanup_interval": (3600.0, v.float_range(1, 7 * DAY)),
         "message_retention_days": (7.0, v.float_range(0, 3650, above=True)),
         "batch_size": (500, v.int_range(1, 10000)),
         "batch_bytes": (1024 * 1024, v.int_range(1024, 64 * 1024 * 1024)),
@@ -103,9 +98,6 @@ SCHEMA = {
     },
     "control": {
         "socket": ("", v.valid_string),
-    },
-    "metrics": {
-        "listen": ("", _valid_listen),
     },
     "limits": {
         "ingestor_memory_mb": (128.0, v.float_range(0, 65536)),
@@ -138,6 +130,8 @@ class Config(Section):
                     out[key] = REDACTED
                 elif redact and (path + (key,)) in URL_KEYS:
                     out[key] = v.redact_url(value)
+                elif redact and (path + (key,)) == ("api", "headers"):
+                    out[key] = apiheaders.redacted(value)
                 else:
                     out[key] = value
             return out
@@ -146,7 +140,8 @@ class Config(Section):
 
     def secrets(self):
         """The secret values set in this config, for log redaction."""
-        return [s for s in (self.mqtt.password, self.api.key, *v.url_secrets(self.api.url)) if s]
+        return [s for s in (self.mqtt.password, self.api.key, *v.url_secrets(self.api.url),
+                            *apiheaders.secret_values(self.api.headers)) if s]
 
 
 def _strip_json_comments(text):
@@ -244,6 +239,10 @@ def _default_store(environ):
 
 
 def _check_relations(path, cfg):
+    try:
+        wire.check_shape(cfg.api.fields, cfg.api.constants)
+    except ValueError as exc:
+        raise ConfigError(path, "api.constants", str(exc)) from None
     if cfg.mqtt.max_reconnect_interval < cfg.mqtt.reconnect_interval:
         raise ConfigError(
             path,

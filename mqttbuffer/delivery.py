@@ -3,36 +3,64 @@
 Nothing here sleeps, reads a clock or does I/O: every decision takes ``now`` (monotonic seconds)
 and randomness comes from an injected ``random.Random``, so the policy is tested with a fake clock.
 
-| answer                                   | kind        | what happens                                      |
-|------------------------------------------|-------------|---------------------------------------------------|
-| 2xx                                      | delivered   | delete; breaker success; batch size grows back    |
-| 4xx except 408, 429                      | rejected    | several messages: split the batch (at once);      |
-|                                          |             | one message: dead letter with status and excerpt  |
-| 408, 429, 502, 503, 504, no answer       | unavailable | back off 2, 4, 8, 16, 32 s (jittered), at least   |
-|                                          |             | Retry-After (capped); breaker failure; no attempt |
-| 500 and other 5xx                        | failed      | several messages: split the batch (at once);      |
-|                                          |             | one message: attempt + 1, breaker failure, back   |
-|                                          |             | off; max_retries attempts -> dead letter          |
+| answer                                      | kind        | what happens                                 |
+|---------------------------------------------|-------------|----------------------------------------------|
+| 2xx                                         | delivered   | delete; breaker success; batch grows back    |
+| 401 403 404 405 407 410 411 414 415 426 431 | refused     | the endpoint refuses: hold the whole queue   |
+| and any 3xx                                 |             | (no dead letter), breaker failure, back off  |
+|                                             |             | 2, 4, 8 ... s up to ``max_refused_backoff``  |
+| 409                                         | duplicate   | one message: delivered (the API holds its    |
+|                                             |             | id); several: split (as rejected)            |
+| 413                                         | too large   | split; one message: dead letter too_large    |
+| other 4xx (400, 422, ...)                   | rejected    | split; one message: dead letter rejected     |
+| 408, 429, 502, 503, 504, no answer          | unavailable | back off 2, 4, 8, 16, 32 s (jittered), at    |
+|                                             |             | least Retry-After (capped); breaker failure  |
+| 500 and other 5xx                           | failed      | split; one message: attempt + 1, breaker     |
+|                                             |             | failure, back off; past max_retries a dead   |
+|                                             |             | letter retries_exhausted                     |
 
-Why a 5xx for several messages splits instead of counting an attempt on each: a payload the API
-chokes on (a 500 for that message only) would otherwise push every good message in its batch to
-max_retries with it. Splitting finds it in log2(batch_size) quick requests; a real outage ends
-up sending single messages, whose attempts count and whose failures back off and open the
-breaker as usual. After a success the batch size doubles back towards ``batch_size``, so order
-is kept: the oldest messages always go first and a failed batch is retried before anything newer.
+The rule over all of them: **a message becomes a dead letter only while the API is demonstrably
+accepting others**, that is after a 2xx for other messages during the same bisection. A message
+refused alone before that is a *suspect*: it stays in the queue, the forwarder skips it and sends
+the next ones; their 2xx turns the suspects into dead letters, while ``MAX_SUSPECTS`` refused in
+a row mean the API refuses everything (a wrong key, a schema change answering 400 to all): the
+policy then *holds*, drops the suspicions and backs off as for an endpoint-level refusal. An
+endpoint-level status (401, 404...) holds at once, unless the API accepted the request just
+before or a bisection is under way: then a row the API refuses alone (a row-level security
+policy answering 403) is isolated like a rejected one.
 
-Circuit breaker: closed -> open after ``max_failures`` consecutive failures; open sends nothing
-for ``timeout`` seconds; then half-open sends one small probe batch; success closes, failure
-re-opens.
+Why failures split instead of counting an attempt on each message: a payload the API chokes on
+would otherwise push every good message in its batch to max_retries with it. Splitting finds it
+in log2(batch_size) quick requests. After a success the batch size doubles back towards
+``batch_size``, so order is kept: the oldest messages go first and a failed batch is retried
+before anything newer (suspects excepted).
+
+Circuit breaker: closed -> open after ``max_failures`` consecutive failures (holds, unavailable
+answers, failed single messages); open sends nothing for ``timeout`` seconds; then half-open sends
+one small probe batch; success closes, failure re-opens.
 """
 
 import email.utils
 
-DELIVERED, REJECTED, UNAVAILABLE, FAILED = "delivered", "rejected", "unavailable", "failed"
+DELIVERED, DUPLICATE, REFUSED, TOO_LARGE, REJECTED, UNAVAILABLE, FAILED = (
+    "delivered", "duplicate", "refused", "too_large", "rejected", "unavailable", "failed")
+ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407, 410, 411, 414, 415, 426, 431})
 UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+# What the forwarder does with the batch it sent.
+DELETE, DEAD_LETTER, RETRY, COUNT_ATTEMPT, SUSPECT, HOLD = (
+    "delete", "dead_letter", "retry", "count_attempt", "suspect", "hold")
+# Dead-letter reasons for a refused or failed message.
+REASONS = {REJECTED: "rejected", REFUSED: "rejected", DUPLICATE: "rejected", TOO_LARGE: "too_large",
+           FAILED: "retries_exhausted"}
+# The API as the operator sees it (stats.API_STATES).
+OK, REFUSING, UNREACHABLE, FAILING = "ok", "refusing", "unreachable", "failing"
+
 BACKOFF_STEPS = (2.0, 4.0, 8.0, 16.0, 32.0)
+HOLD_FIRST_WAIT = 2.0
 JITTER = 0.2
 PROBE_SIZE = 10
+MAX_SUSPECTS = 3
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
@@ -43,6 +71,12 @@ def classify(status):
         return UNAVAILABLE
     if 200 <= status < 300:
         return DELIVERED
+    if 300 <= status < 400 or status in ENDPOINT_STATUSES:
+        return REFUSED
+    if status == 409:
+        return DUPLICATE
+    if status == 413:
+        return TOO_LARGE
     if 400 <= status < 500:
         return REJECTED
     return FAILED
@@ -100,29 +134,41 @@ class CircuitBreaker:
 
 
 class Decision:
-    """What the forwarder does with the batch it just sent."""
+    """What the forwarder does with the batch it just sent.
 
-    __slots__ = ("action", "reason", "wait")
+    ``released``: suspects that became dead letters with this decision, as (seq, reason, note)."""
 
-    def __init__(self, action, reason=None, wait=0.0):
-        self.action = action  # "delete", "dead_letter", "retry", "count_attempt"
-        self.reason = reason  # for dead letters: "rejected" or "retries_exhausted"
+    __slots__ = ("action", "reason", "wait", "released")
+
+    def __init__(self, action, reason=None, wait=0.0, released=()):
+        self.action = action
+        self.reason = reason
         self.wait = wait
+        self.released = released
 
 
 class DeliveryPolicy:
-    """Backoff, breaker and batch size for one forwarder; ``rng`` gives the jitter."""
+    """Backoff, breaker, batch size and suspects for one forwarder; ``rng`` gives the jitter."""
 
-    def __init__(self, batch_size, max_retries, max_failures, breaker_timeout, retry_after_cap, rng):
+    def __init__(self, batch_size, max_retries, max_failures, breaker_timeout, retry_after_cap, rng,
+                 max_refused_backoff=300.0, duplicate_is_delivered=True):
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.retry_after_cap = retry_after_cap
+        self.max_refused_backoff = max_refused_backoff
+        self.duplicate_is_delivered = duplicate_is_delivered
         self.rng = rng
         self.breaker = CircuitBreaker(max_failures, breaker_timeout)
         self.limit = batch_size
         self.backoff_step = 0
+        self.hold_step = 0
         self.not_before = 0.0
         self.state_changes = []
+        self.api_state = OK
+        self.suspects = {}  # seq -> (reason, note): refused alone, skipped until the API accepts others
+        self.bisecting = False
+        self.evidence = False  # a 2xx during the current bisection
+        self.accepting = False  # the last answer was a 2xx
 
     def next_attempt_at(self):
         return max(self.not_before, self.breaker.open_until if self.breaker.state == OPEN else 0.0)
@@ -143,37 +189,83 @@ class DeliveryPolicy:
         if changed:
             self.state_changes.append(changed)
 
+    def _jittered(self, seconds):
+        return seconds * self.rng.uniform(1 - JITTER, 1 + JITTER)
+
     def _back_off(self, now, retry_after=None):
-        step = BACKOFF_STEPS[min(self.backoff_step, len(BACKOFF_STEPS) - 1)]
+        wait = self._jittered(BACKOFF_STEPS[min(self.backoff_step, len(BACKOFF_STEPS) - 1)])
         self.backoff_step += 1
-        wait = step * self.rng.uniform(1 - JITTER, 1 + JITTER)
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.retry_after_cap))
         self.not_before = now + wait
         self._note(self.breaker.failure(now))
         return max(wait, self.next_attempt_at() - now)
 
-    def decide(self, kind, batch_len, now, retry_after=None, attempts_after=0):
-        """The decision for an answer of ``kind`` to a batch of ``batch_len`` messages.
+    def _hold(self, now, state):
+        """Nothing in the queue can go until someone fixes the API or the config: wait, keep all."""
+        self.api_state = state
+        self.suspects.clear()
+        self.bisecting = self.evidence = False
+        self.limit = self.batch_size
+        step = HOLD_FIRST_WAIT * 2 ** min(self.hold_step, 30)
+        self.hold_step += 1
+        wait = min(self._jittered(step), self.max_refused_backoff)
+        self.not_before = max(self.not_before, now + wait)
+        self._note(self.breaker.failure(now))
+        return Decision(HOLD, wait=max(wait, self.next_attempt_at() - now))
 
-        ``attempts_after`` is the single message's attempt count including this one (FAILED only).
-        """
-        if kind == DELIVERED:
-            self.backoff_step = 0
-            self.not_before = 0.0
+    def _delivered(self, grow=True):
+        self.backoff_step = self.hold_step = 0
+        self.not_before = 0.0
+        self.accepting = True
+        self.api_state = OK
+        self._note(self.breaker.success())
+        released = ()
+        if self.bisecting:
+            self.evidence = True
+            released = tuple((seq, reason, note) for seq, (reason, note) in self.suspects.items())
+            self.suspects.clear()
+        if grow:
             self.limit = min(self.limit * 2, self.batch_size)
-            self._note(self.breaker.success())
-            return Decision("delete")
-        if kind in (REJECTED, FAILED) and batch_len > 1:
-            self.limit = max(1, batch_len // 2)
-            return Decision("retry")
-        if kind == REJECTED:
-            # The API is up and answered; this one message is what it refuses.
-            self._note(self.breaker.success())
-            return Decision("dead_letter", "rejected")
+        if self.limit == self.batch_size:
+            self.bisecting = self.evidence = False
+        return Decision(DELETE, released=released)
+
+    def decide(self, kind, seqs, now, retry_after=None, attempts_after=0, note=None):
+        """The decision for an answer of ``kind`` to the batch of messages ``seqs``.
+
+        ``attempts_after``: the single message's attempt count including this one (FAILED only);
+        ``note``: kept with a suspect and handed back when it becomes a dead letter."""
+        if kind == DUPLICATE and len(seqs) == 1 and self.duplicate_is_delivered:
+            # A lost answer leaves a run of duplicates at the head: stay at one message per request
+            # through it rather than doubling into another 409 each time.
+            return self._delivered(grow=False)
+        if kind == DUPLICATE:
+            kind = REJECTED
+        if kind == DELIVERED:
+            return self._delivered()
+        accepting, self.accepting = self.accepting, False
+        if kind == UNAVAILABLE:
+            self.api_state = UNREACHABLE
+            return Decision(RETRY, wait=self._back_off(now, retry_after))
+        if kind == REFUSED and not (accepting or self.bisecting):
+            return self._hold(now, REFUSING)
+        if len(seqs) > 1:
+            self.bisecting = True
+            self.limit = max(1, len(seqs) // 2)
+            return Decision(RETRY)
+        reason = REASONS[kind]
         if kind == FAILED:
+            self.api_state = FAILING
             wait = self._back_off(now)
-            if self.max_retries and attempts_after >= self.max_retries:
-                return Decision("dead_letter", "retries_exhausted")
-            return Decision("count_attempt", wait=wait)
-        return Decision("retry", wait=self._back_off(now, retry_after))
+            if not self.max_retries or attempts_after < self.max_retries:
+                return Decision(COUNT_ATTEMPT, wait=wait)
+        if self.evidence:
+            if kind != FAILED:
+                self._note(self.breaker.success())
+            return Decision(DEAD_LETTER, reason)
+        if len(self.suspects) < MAX_SUSPECTS:
+            self.suspects[seqs[0]] = (reason, note)
+            self.bisecting = True
+            return Decision(SUSPECT, reason)
+        return self._hold(now, FAILING if kind == FAILED else REFUSING)

@@ -4,23 +4,22 @@ A batch goes out when it holds ``buffer.batch_size`` messages or when its oldest
 waited ``buffer.flush_interval`` seconds. Every request has a timeout (``api.timeout``). What an
 answer means and what comes next (backoff, circuit breaker, splitting a batch to isolate a
 message the API refuses, dead letters) is decided by ``delivery.DeliveryPolicy``; this module
-only does the I/O and the logging.
+only does the I/O, and ``answers.ApiReport`` tells the operator (log lines, shared stats).
 """
 
 import logging
 import random
-import sqlite3
 import time
 
 import urllib3
 
-from mqttbuffer import __version__, ipc
-from mqttbuffer.crashguard import CrashGuard
-from mqttbuffer.deadline import DeadlineExceeded, request_deadline
-from mqttbuffer.delivery import DELIVERED, FAILED, REJECTED, DeliveryPolicy, classify, parse_retry_after
+from mqttbuffer import delivery as d
+from mqttbuffer import ipc
+from mqttbuffer.answers import ApiReport, network_cause
+from mqttbuffer.apiheaders import request_headers
 from mqttbuffer.stats import CIRCUIT_STATES
 from mqttbuffer.store import Store
-from mqttbuffer.wire import encode_body
+from mqttbuffer.wire import BodyShape
 from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
 MAX_POLL_INTERVAL = 0.25
@@ -30,22 +29,14 @@ BREAKER_LOG = {"open": "Circuit breaker opened", "half-open": "Circuit breaker h
                "closed": "Circuit breaker closed"}
 
 
-def request_headers(api_key):
-    headers = {"Content-Type": "application/json", "User-Agent": f"mqttbuffer/{__version__}"}
-    if api_key:
-        # Supabase wants the key both as a bearer token and as "apikey".
-        headers["Authorization"] = f"Bearer {api_key}"
-        headers["apikey"] = api_key
-    return headers
-
-
 class Answer:
     """What came back for one request: a status (None: no answer), Retry-After, an excerpt."""
 
-    __slots__ = ("status", "retry_after", "excerpt", "problem")
+    __slots__ = ("status", "retry_after", "excerpt", "problem", "location")
 
-    def __init__(self, status, retry_after=None, excerpt="", problem=""):
+    def __init__(self, status, retry_after=None, excerpt="", problem="", location=None):
         self.status, self.retry_after, self.excerpt, self.problem = status, retry_after, excerpt, problem
+        self.location = location
 
 
 class Forwarder(Worker):
@@ -58,32 +49,19 @@ class Forwarder(Worker):
             num_pools=1, maxsize=1, retries=False,
             timeout=urllib3.Timeout(connect=min(10.0, api.timeout), read=api.timeout),
         )
-        self.headers = request_headers(api.key)
+        self.headers = request_headers(api.key, api.headers)
+        self.shape = BodyShape(api.fields, api.constants)
         buffer, breaker = self.cfg.buffer, self.cfg.circuit_breaker
-        self.policy = DeliveryPolicy(buffer.batch_size, buffer.max_retries, breaker.max_failures,
-                                     breaker.timeout, api.max_retry_after, random.Random())
+        self.policy = d.DeliveryPolicy(buffer.batch_size, buffer.max_retries, breaker.max_failures,
+                                       breaker.timeout, api.max_retry_after, random.Random(),
+                                       api.max_refused_backoff, api.duplicate_is_delivered)
+        self.report = ApiReport(self.stats, self.log, api.url)
         # A batch leaves at its oldest message's deadline (received_at + flush_interval), which the
         # poll computes; polling only has to notice the first message of an empty queue in time.
         self.poll_interval = min(MAX_POLL_INTERVAL, buffer.flush_interval / 2)
         self.oldest_seq = None
         self.oldest_since = 0.0
         self.gauges_at = 0.0
-        self.guard = CrashGuard(self.stats)
-        self._after_a_death()
-
-    def _after_a_death(self):
-        if self.guard.death:
-            first, count, size, why = self.guard.death
-            self.log.warning("The previous forwarder died handling %d messages (%d bytes, from seq %d): %s;"
-                             " at most %d messages, %d bytes per request for now",
-                             count, size, first, why, *self.guard.limits(count, size))
-        if self.guard.quarantine:
-            seq, why = self.guard.quarantine
-            moved = self.store.dead_letter([seq], "crashed", time.time(), None, why)
-            self.stats.add("crashed", moved)
-            self.log.warning("Message at seq %d moved to dead letters: crashed, the forwarder died on it"
-                             " %d times: %s", seq, self.guard.quarantine_after, why)
-            self.guard.quarantined()
 
     def step(self, now):
         if now >= self.gauges_at:
@@ -106,77 +84,79 @@ class Forwarder(Worker):
         if waited < self.cfg.buffer.flush_interval and self.store.totals()[0] < self.policy.batch_limit():
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
-        self.guard.reading()
-        rows = self.store.oldest(*self.guard.limits(self.policy.batch_limit(), self.cfg.buffer.batch_bytes))
-        if not rows:  # only if the persister dropped or expired them just now
-            self.guard.clear()
-            return
-        self.guard.begin(rows)
-        try:
+        limit, suspects = self.policy.batch_limit(), self.policy.suspects
+        rows = [row for row in self.store.oldest(limit + len(suspects)) if row[0] not in suspects][:limit]
+        if rows:
             self._deliver(rows, now)
-        except sqlite3.Error:
-            self.guard.clear()  # the store's fault, not the messages'
-            raise
-        except Exception as exc:
-            self.guard.dying(exc)
-            raise
-        self.guard.done()
+        else:  # only suspects wait (they need others to compare with), or the persister just dropped them
+            self._idle(self.poll_interval)
 
     def _deliver(self, rows, now):
         answer = self._post(rows, now)
         now = time.monotonic()
-        kind = classify(answer.status)
-        answer_class = (answer.status or 0) // 100
-        self.stats.add(f"requests_{answer_class}xx" if 2 <= answer_class <= 5 else "requests_error")
-        attempts_after = rows[0][7] + 1 if kind == FAILED and len(rows) == 1 else 0
-        decision = self.policy.decide(kind, len(rows), now, answer.retry_after, attempts_after)
+        kind = d.classify(answer.status)
         seqs = [row[0] for row in rows]
-        if kind != DELIVERED:
+        attempts_after = rows[0][7] + 1 if kind == d.FAILED and len(rows) == 1 else 0
+        decision = self.policy.decide(kind, seqs, now, answer.retry_after, attempts_after,
+                                      note=(rows[0][1], rows[0][2], answer))
+        if kind != d.DELIVERED:
             self.stats.add("requests_failed")
-        if decision.action == "delete":
+        action = decision.action
+        if action == d.DELETE:
             self.store.delete(seqs)
             self.stats.add("delivered", len(rows))
-            self.log.info("Successfully sent %d messages", len(rows))
-        elif decision.action == "dead_letter":
+            if kind == d.DUPLICATE:
+                self.log.info("Message %s: the API already holds its id (409), counted as delivered", rows[0][1])
+            else:
+                self.log.info("Successfully sent %d messages", len(rows))
+        elif action == d.DEAD_LETTER:
             if decision.reason == "retries_exhausted":
                 self.store.add_attempt(seqs[0])
-            self.store.dead_letter(seqs, decision.reason, time.time(), answer.status, answer.excerpt)
-            self.stats.add("rejected" if decision.reason == "rejected" else "retries_exhausted")
-            self.log.warning("Message %s (topic %s) moved to dead letters: %s, %s: %s", rows[0][1], rows[0][2],
-                             decision.reason, answer.problem, answer.excerpt[:200])
-        elif decision.action == "count_attempt":
+            self._dead_letter([seqs[0]], decision.reason, (rows[0][1], rows[0][2], answer))
+        elif action == d.COUNT_ATTEMPT:
             attempts = self.store.add_attempt(seqs[0])
             self.log.warning("Message %s (topic %s) failed with %s (attempt %d of %s); retrying in %.1fs",
                              rows[0][1], rows[0][2], answer.problem, attempts,
                              self.cfg.buffer.max_retries or "unlimited", decision.wait)
-        elif kind in (REJECTED, FAILED):
-            self.log.warning("API answered %s for %d messages; splitting the batch to find the one it refuses",
-                             answer.problem, len(rows))
-        else:
-            self.log.warning("Sending %d messages failed (%s); retrying in %.1fs",
-                             len(rows), answer.problem, decision.wait)
+        elif action == d.SUSPECT:
+            self.log.info("Message %s (topic %s) refused alone (%s); trying the next ones to tell whether"
+                          " the API refuses only this one", rows[0][1], rows[0][2], answer.problem)
+        elif action == d.RETRY and kind != d.UNAVAILABLE:
+            self.log.debug("API answered %s for %d messages; splitting the batch", answer.problem, len(rows))
+        for reason, group in _by_reason(decision.released):
+            self._dead_letter([seq for seq, _, _ in group], reason, group[0][2])
+        self.report.update(self.policy.api_state, answer, decision.wait, self.store.totals()[0], now)
         self._log_breaker()
         self._update_gauges()
 
+    def _dead_letter(self, seqs, reason, note):
+        msg_id, topic, answer = note
+        moved = self.store.dead_letter(seqs, reason, time.time(), answer.status, answer.excerpt)
+        self.stats.add("retries_exhausted" if reason == "retries_exhausted" else "rejected", moved)
+        if len(seqs) == 1:
+            self.log.warning("Message %s (topic %s) moved to dead letters: %s, %s: %s", msg_id, topic,
+                             reason, answer.problem, answer.excerpt[:200])
+        else:
+            self.log.warning("%d messages moved to dead letters: %s, %s (first %s, topic %s): %s", moved,
+                             reason, answer.problem, msg_id, topic, answer.excerpt[:200])
+
     def _post(self, rows, now):
-        body = encode_body([row[1:7] for row in rows])
+        body = self.shape.encode([row[1:7] for row in rows])
         self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
         self.stats.add("requests")
         try:
-            with request_deadline(self.cfg.api.timeout):
-                response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
-                                             preload_content=False)
-                try:
-                    excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
-                    response.drain_conn()
-                finally:
-                    response.release_conn()
+            response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
+                                         preload_content=False, redirect=False)
+            try:
+                excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
+                response.drain_conn()
+            finally:
+                response.release_conn()
         except urllib3.exceptions.HTTPError as exc:
-            if isinstance(exc, DeadlineExceeded):
-                self.http.clear()  # the connection is mid-answer: never reuse it
-            return Answer(None, problem=f"{type(exc).__name__}: {exc}")
-        retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time())
-        return Answer(response.status, retry_after, excerpt, f"HTTP {response.status}")
+            return Answer(None, problem=network_cause(exc))
+        retry_after = d.parse_retry_after(response.headers.get("Retry-After"), time.time())
+        return Answer(response.status, retry_after, excerpt, f"HTTP {response.status}",
+                      response.headers.get("Location"))
 
     def _log_breaker(self):
         while self.policy.state_changes:
@@ -201,3 +181,11 @@ class Forwarder(Worker):
     def shutdown(self):
         self.http.clear()
         self.store.close()
+
+
+def _by_reason(released):
+    """Released suspects grouped by dead-letter reason, as (reason, [(seq, reason, note)...])."""
+    groups = {}
+    for item in released:
+        groups.setdefault(item[1], []).append(item)
+    return groups.items()

@@ -74,7 +74,7 @@ def test_an_api_that_never_answers_is_abandoned_at_the_timeout(mosquitto, sink, 
     gap = sink.requests[1][0] - sink.requests[0][0]
     print(f"second request {gap:.2f}s after the first hung")
     assert 1.0 + 1.6 <= gap < 10
-    assert "ReadTimeoutError" in daemon.log() or "no complete answer within 1s" in daemon.log()
+    assert "API unreachable: timed out from http://127.0.0.1:" in daemon.log()
     sink.mode = "answer"
     assert_all_arrived(sink, accepted, timeout=60)
 
@@ -85,7 +85,8 @@ def test_an_api_that_resets_connections_is_retried(mosquitto, sink, make_daemon,
     accepted = publisher.publish(100).accepted()
     assert_all_arrived(sink, accepted, timeout=60)
     assert sum(1 for r in sink.requests if r[1] == "reset") == 3
-    assert "Sending 100 messages failed" in daemon.log() or "Sending" in daemon.log()
+    assert re.search(r"API unreachable: connection (reset by peer|closed without an answer) from http://127\.0\.0\.1:",
+                     daemon.log())
 
 
 def test_a_persistent_500_for_one_message_ends_in_dead_letters(mosquitto, sink, make_daemon, publisher):

@@ -29,7 +29,7 @@ def test_5000_messages_arrive_in_wire_format(mosquitto, sink, make_daemon, publi
     ids = [m["id"] for m in messages]
     assert len(ids) == len(set(ids)), "every message has its own id"
     first = messages[0]
-    assert set(first) == {"id", "topic", "payload", "qos", "retain", "received_at"}
+    assert set(first) == {"id", "topic", "payload", "qos", "retain", "received_at", "payload_encoding"}
     assert first["topic"] == "test/data" and first["qos"] == 1 and first["retain"] is False
     assert first["payload"]["n"] == 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["received_at"])
