@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import multiprocessing
 import sys
 
 import yaml
@@ -40,6 +41,8 @@ def main(argv=None):
     if args.check:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False, default_flow_style=False))
         return 0
+    # The supervisor's own tag from its first line on, not multiprocessing's "MainProcess".
+    multiprocessing.current_process().name = "supervisor"
     setup_logging(cfg.logging.level, cfg.secrets())
     for warning in cfg.warnings:
         logging.getLogger("mqttbuffer").warning("%s", warning)

@@ -16,6 +16,7 @@ from mqttbuffer import apiheaders, wire
 from mqttbuffer import validators as v
 from mqttbuffer.errors import ConfigError
 from mqttbuffer.logs import REDACTED
+from mqttbuffer.metrics import parse_listen
 from mqttbuffer.secrets import resolve_secrets
 
 SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
@@ -25,6 +26,14 @@ REQUIRED = object()
 HOUR, DAY = 3600.0, 86400.0
 # AF_UNIX addresses hold 108 bytes with the terminating NUL.
 MAX_SOCKET_PATH = 107
+
+
+def _valid_listen(value):
+    """metrics.listen: "" (off) or HOST:PORT."""
+    value = v.valid_string(value)
+    if value:
+        parse_listen(value)
+    return value
 
 
 def _valid_qos(value):
@@ -54,7 +63,9 @@ SCHEMA = {
         "reconnect_interval": (5.0, v.float_range(0, HOUR, above=True)),
         "max_reconnect_interval": (60.0, v.float_range(0, HOUR, above=True)),
         "qos": (1, _valid_qos),
-        "protocol": ("5", v.one_of("5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
+        "protocol": ("auto", v.one_of("auto", "5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
+        "connect_timeout": (10.0, v.float_range(0, HOUR, above=True)),
+        "max_inflight_bytes": (16 * 1024 * 1024, v.int_range(64 * 1024, 2**31)),
         "keepalive": (60, v.int_range(5, 65535)),
         "session_expiry": (7 * 24 * 3600, v.int_range(0, 0xFFFFFFFF)),
         "receive_maximum": (1000, v.int_range(1, 65535)),
@@ -79,7 +90,7 @@ SCHEMA = {
         "persist_file": ("", v.valid_string),
         "flush_interval": (1.0, v.float_range(0, HOUR, above=True)),
         "max_retries": (3, v.int_range(0, 1_000_000)),
-        "cleanup_interval": (3600.0, v.float_range(1, 7 * DAY)),
+        "cleanup_interval": (3600.0, v.float_range(0.1, 7 * DAY)),
         "message_retention_days": (7.0, v.float_range(0, 3650, above=True)),
         "batch_size": (500, v.int_range(1, 10000)),
         "batch_bytes": (1024 * 1024, v.int_range(1024, 64 * 1024 * 1024)),
@@ -98,6 +109,9 @@ SCHEMA = {
     },
     "control": {
         "socket": ("", v.valid_string),
+    },
+    "metrics": {
+        "listen": ("", _valid_listen),
     },
     "limits": {
         "ingestor_memory_mb": (128.0, v.float_range(0, 65536)),

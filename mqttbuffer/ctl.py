@@ -1,6 +1,8 @@
 """``mqttbufferctl``: ask the running daemon for its status or to restart a worker.
 
 ``dead-letters`` works with the daemon stopped too: it then opens the store the config names.
+``doctor`` needs no daemon: it tries the config's store, broker and API itself (see doctor.py)
+and exits 0 when every check passes, 1 when any fails.
 
 Exit codes (as LSB init scripts): 0 ok, 1 the daemon answered with an error, 2 usage or config
 problem, 3 the daemon is not running. ``status`` (with or without --json) exits 0 when the daemon
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 
+from mqttbuffer import doctor
 from mqttbuffer.cli import DEFAULT_CONFIG
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.control.client import NotRunning, request
@@ -40,6 +43,8 @@ def parse_args(argv):
     dead.add_argument("ids", nargs="*", help="message ids (replay/purge; default: all)")
     dead.add_argument("--limit", type=int, default=50, help="how many to list, newest first (default 50)")
     dead.add_argument("--json", action="store_true", help="list as JSON")
+    commands.add_parser("doctor", help="try the config's store, broker and API (daemon running or not);"
+                                       " one line each with the fix; exit 1 if any fails")
     return parser.parse_args(argv)
 
 
@@ -54,6 +59,11 @@ def main(argv=None):
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
         return EX_USAGE if exc.code else EX_OK
+    if args.command == "doctor":
+        if args.socket:
+            print("mqttbufferctl: doctor reads the config: give --config FILE, not --socket", file=sys.stderr)
+            return EX_USAGE
+        return doctor.run(args.config)
     try:
         path = socket_path(args)
     except ConfigError as exc:

@@ -9,7 +9,6 @@ through the crash-loop backoff, so a leak cannot take the device down and cannot
 """
 
 import logging
-import signal
 
 import psutil
 
@@ -37,10 +36,12 @@ class HealthChecks:
     def _check_heartbeat(self, slot, now):
         late = now - self.stats.heartbeat(slot.name)
         if late > self.limits.heartbeat_timeout:
-            log.error("%s (pid %s) sent no heartbeat for %.0fs; killing it", slot.name, slot.pid, late)
+            silent = now - self.stats.last_beat(slot.name)
+            log.error("%s (pid %s) sent no heartbeat for %.1fs (%.1fs past the one it promised); killing it",
+                      slot.name, slot.pid, silent, late)
             slot.hangs += 1
             self.stats.beat(slot.name, now + self.limits.heartbeat_timeout)
-            slot.send_signal(signal.SIGKILL)
+            slot.kill(f"no heartbeat for {silent:.0f}s")
 
     def _check_memory(self, slot, now):
         limit_mb = getattr(self.limits, f"{slot.name}_memory_mb")

@@ -32,8 +32,10 @@ RESTART_GRACE = 5.0
 STARTUP_GRACE = 15.0
 
 
-def describe_exit(exitcode):
-    """How a worker ended, in words: 'exited with 1', 'killed by SIGKILL (out of memory?)'."""
+def describe_exit(exitcode, killed_because=None, oom_kills=None):
+    """How a worker ended, in words: 'exited with 1', 'killed by SIGKILL (sent by the supervisor:
+    no heartbeat for 32s)'. A SIGKILL we did not send is put down to memory only when the kernel's
+    OOM killer ran meanwhile (``oom_kills``: how many times; None when the kernel cannot say)."""
     if exitcode is None:
         return "still running"
     if exitcode >= 0:
@@ -42,8 +44,28 @@ def describe_exit(exitcode):
         name = signal.Signals(-exitcode).name
     except ValueError:
         name = f"signal {-exitcode}"
-    hint = " (out of memory?)" if name == "SIGKILL" else ""
+    hint = ""
+    if name == "SIGKILL":
+        if killed_because:
+            hint = f" (sent by the supervisor: {killed_because})"
+        elif oom_kills is None:
+            hint = " (out of memory?)"
+        elif oom_kills:
+            hint = " (out of memory: the kernel's OOM killer ran)"
     return f"killed by {name}{hint}"
+
+
+def oom_kills(vmstat="/proc/vmstat"):
+    """How many processes the kernel's OOM killer has killed since boot (cgroup limits included),
+    or None where the kernel does not count them (before Linux 4.13, no /proc)."""
+    try:
+        with open(vmstat, "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 class Slot:
@@ -66,11 +88,18 @@ class Slot:
         self.after_stop = None  # "restart" or "backoff" while STOPPING for a restart
         # Monotonic time it went down; None once it has run STARTSECS, so a crash loop stays down.
         self.down_since = None
+        self.killed_because = None  # why the supervisor sent this process SIGKILL, if it did
+        self.oom_kills_at_start = None
 
-    def _transition(self, state, reason=""):
+    def _transition(self, state, reason="", level=logging.INFO):
         extra = f", {reason}" if reason else ""
-        log.info("%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
+        log.log(level, "%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
         self.state = state
+
+    def _exit_words(self, exitcode):
+        start = self.oom_kills_at_start
+        now = oom_kills() if start is not None else None
+        return describe_exit(exitcode, self.killed_because, None if now is None else now - start)
 
     def sentinel(self):
         return self.process.sentinel if self.process else None
@@ -91,6 +120,8 @@ class Slot:
         # under load the tree's PSS went from 46.8 to 41.4 MiB.
         gc.collect()
         gc.freeze()
+        self.killed_because = None
+        self.oom_kills_at_start = oom_kills()
         self.process.start()
         self.pid = self.process.pid
         self.started_at = now
@@ -111,15 +142,16 @@ class Slot:
             self.start(now)
         elif self.state == "STOPPING" and now >= self.kill_at:
             log.warning("%s (pid %s) did not stop within %gs; killing it", self.name, self.pid, RESTART_GRACE)
-            self.send_signal(signal.SIGKILL)
+            self.kill(f"did not stop within {RESTART_GRACE:g}s")
             self.kill_at = now + RESTART_GRACE
         return None
 
     def _reap(self, now):
         self.process.join()
         code = self.process.exitcode
-        self.last_exit = describe_exit(code)
+        self.last_exit = self._exit_words(code)
         uptime = now - self.started_at
+        asked = self.state == "STOPPING"
         self.down_since = now if self.down_since is None else self.down_since
         self.process.close()
         if self.state == "STOPPING" and self.after_stop == "restart":
@@ -135,7 +167,14 @@ class Slot:
             self.delay = FIRST_DELAY if self.delay < FIRST_DELAY else min(self.delay * 2, MAX_DELAY)
         self.restart_at = now + self.delay
         when = f"restart in {self.delay:g}s" if self.delay else "restarting at once"
-        self._transition("BACKOFF", f"{self.last_exit}, {when}")
+        # An unasked death is news to the operator; one that keeps happening is a crash loop.
+        if asked:
+            level = logging.INFO
+        elif self.delay > FIRST_DELAY:
+            level, when = logging.ERROR, f"{when}; crash loop: it dies within {STARTSECS:g}s of each start"
+        else:
+            level = logging.WARNING
+        self._transition("BACKOFF", f"{self.last_exit}, {when}", level)
         self.process = None
         self.after_stop = None
         return code
@@ -168,10 +207,16 @@ class Slot:
         self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.exitcode is None:
             log.warning("%s (pid %s) did not stop in time; killing it", self.name, self.pid)
+            self.killed_because = "did not stop in time"
             self.process.kill()
             self.process.join()
-        self.last_exit = describe_exit(self.process.exitcode)
+        self.last_exit = self._exit_words(self.process.exitcode)
         self._transition("EXITED", self.last_exit)
+
+    def kill(self, because):
+        """SIGKILL, remembered so its exit is not mistaken for the kernel's OOM killer."""
+        self.killed_because = because
+        self.send_signal(signal.SIGKILL)
 
     def send_signal(self, signum):
         try:

@@ -7,6 +7,7 @@ as long as the supervisor, so counters survive worker restarts.
 """
 
 import multiprocessing
+import time
 
 COUNTERS = (
     "received",            # ingestor: messages taken from the broker
@@ -15,9 +16,15 @@ COUNTERS = (
     "rejected",            # forwarder: messages the API refused (4xx), now dead letters
     "retries_exhausted",   # forwarder: messages past max_retries, now dead letters
     "expired",             # persister: messages past message_retention_days, now dead letters
-    "dropped",             # persister: messages removed by overflow: drop_oldest
+    "dropped",             # persister: messages removed undelivered by overflow: drop_oldest
+    "crashed",             # forwarder: messages it died handling again and again, now dead letters
     "requests",            # forwarder: HTTP requests made
     "requests_failed",     # forwarder: requests that did not end in a 2xx
+    "requests_2xx",        # forwarder: requests by the class of their answer...
+    "requests_3xx",
+    "requests_4xx",
+    "requests_5xx",
+    "requests_error",      # ...or with no answer (connection error, timeout)
 )
 GAUGES = (
     "pending",             # messages waiting in the store
@@ -36,19 +43,29 @@ GAUGES = (
     "api_since",           # forwarder: wall-clock time api_state last changed (0: never)
     "api_status",          # forwarder: HTTP status of the last refused/failed answer (0: none)
     "last_commit_at",      # persister: wall-clock time of its last successful commit (0: none)
+    # forwarder, kept across its restarts: the batch it is handling (count 0: none), so that its
+    # successor knows it died on it, and the persister never drops a row that is being sent;
+    # handling_last_seq is infinite while it reads a batch whose rows are not known yet
+    "handling_first_seq", "handling_last_seq", "handling_count", "handling_bytes",
+    "handling_deaths",     # forwarder: deaths in a row while handling a batch of one message
+    "store_read_failed",   # forwarder: 1 when reading the store failed as corrupt (the persister salvages it)
+    "store_generation",    # persister: bumped when the store file was replaced by a salvaged copy
 )
 # Short texts (the last error in words), each with one writing process, read by the supervisor.
 TEXTS = (
     "broker_error",        # ingestor: why the last connection attempt failed ("" when connected)
     "api_error",           # forwarder: why the API refuses or cannot be reached ("" when ok)
     "persister_problem",   # persister: why it is not committing (full disk, store error; "" when ok)
+    "store_notice",        # persister: what happened to the store (salvaged, lost messages; "" when nothing)
+    "forwarder_crash",     # forwarder: first line of the exception it is dying of ("" otherwise)
 )
 TEXT_BYTES = 240
 API_STATES = ("ok", "refusing", "unreachable", "failing")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 WORKER_NAMES = ("persister", "ingestor", "forwarder")
 HEARTBEATS = tuple(f"heartbeat_{name}" for name in WORKER_NAMES)
-FIELDS = COUNTERS + GAUGES + HEARTBEATS
+LAST_BEATS = tuple(f"last_beat_{name}" for name in WORKER_NAMES)
+FIELDS = COUNTERS + GAUGES + HEARTBEATS + LAST_BEATS
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
 
 
@@ -70,8 +87,13 @@ class SharedStats:
         return self._values[_INDEX[name]]
 
     def beat(self, worker, until):
-        """Say the worker will beat again by monotonic time ``until``."""
+        """Say the worker will beat again by monotonic time ``until`` (and that it beat now)."""
         self._values[_INDEX[f"heartbeat_{worker}"]] = until
+        self._values[_INDEX[f"last_beat_{worker}"]] = time.monotonic()
+
+    def last_beat(self, worker):
+        """The monotonic time of the worker's last beat (or of its start)."""
+        return self._values[_INDEX[f"last_beat_{worker}"]]
 
     def heartbeat(self, worker):
         return self._values[_INDEX[f"heartbeat_{worker}"]]

@@ -14,6 +14,7 @@ message's size is its payload and topic bytes plus ``ROW_OVERHEAD``, about what 
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 
 BUSY_TIMEOUT_MS = 10_000
 # Every commit rewrites whole pages (the table's last leaf, the id index, the totals row, the
@@ -113,37 +114,61 @@ class Store:
     def close(self):
         self._db.close()
 
+    @staticmethod
+    def inspect(path):
+        """A read-only look at an existing store, creating and changing nothing (for doctor):
+        (quick_check's verdict, messages waiting, dead letters)."""
+        try:
+            db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+            try:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+                waiting = db.execute("SELECT count FROM totals").fetchone()
+                dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from None
+        return verdict, waiting[0] if waiting else 0, dead
+
     # --- the queue ---------------------------------------------------------------------------
 
-    def insert(self, rows, max_count=None, max_bytes=None):
+    def insert(self, rows, max_count=None, max_bytes=None, keep_upto=0):
         """Commit rows of (id, topic, payload, qos, retain, received_at) in one transaction.
 
         If the queue then holds more than max_count messages or max_bytes, the oldest are
-        deleted in the same transaction. Returns (new rows inserted, rows dropped)."""
+        deleted in the same transaction, except those with seq <= keep_upto (the batch the
+        forwarder is sending: they are not lost, and counting them as dropped would lie).
+        Returns (new rows inserted, rows dropped)."""
         with _transaction(self._db):
             inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO messages (id, topic, payload, qos, retain, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             ).rowcount
-            dropped = self._drop_oldest(max_count, max_bytes) if inserted else 0
+            dropped = self._drop_oldest(max_count, max_bytes, keep_upto) if inserted else 0
             return inserted, dropped
 
-    def _drop_oldest(self, max_count, max_bytes):
+    def _drop_oldest(self, max_count, max_bytes, keep_upto):
+        if keep_upto == float("inf"):
+            return 0  # the forwarder is reading: which rows it takes is not known yet
         count, size = self.totals()
         drop = max(0, count - max_count) if max_count else 0
         if max_bytes and size > max_bytes:
             excess, freed = size - max_bytes, 0
             for n, (row_size,) in enumerate(self._db.execute(
-                    f"SELECT {_SIZE % {'row': 'messages'}} FROM messages ORDER BY seq"), start=1):
+                    f"SELECT {_SIZE % {'row': 'messages'}} FROM messages WHERE seq > ? ORDER BY seq",
+                    (keep_upto,)), start=1):
                 freed += row_size
                 if freed >= excess:
                     drop = max(drop, n)
                     break
+            else:
+                drop = max(drop, n if freed else 0)
         if drop:
-            self._db.execute("DELETE FROM messages WHERE seq IN (SELECT seq FROM messages ORDER BY seq LIMIT ?)",
-                             (drop,))
-        return drop
+            return self._db.execute("DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE seq > ?"
+                                    " ORDER BY seq LIMIT ?)", (keep_upto, drop)).rowcount
+        return 0
 
     def totals(self):
         """(messages waiting, their size in bytes), kept up to date by triggers."""
@@ -156,8 +181,21 @@ class Store:
         return self._db.execute("SELECT seq, received_at FROM messages ORDER BY seq LIMIT 1").fetchone() \
             or (None, None)
 
-    def oldest(self, limit):
-        """The oldest waiting messages as (seq, id, topic, payload, qos, retain, received_at, attempts)."""
+    def oldest(self, limit, max_bytes=None):
+        """The oldest waiting messages as (seq, id, topic, payload, qos, retain, received_at, attempts).
+
+        With max_bytes, no more than that many bytes of payload and topic, but at least one
+        message: sizes are read first (SQLite knows a blob's length without reading it), so a
+        backlog of large messages is never loaded whole."""
+        if max_bytes is not None:
+            total, count = 0, 0
+            for (size,) in self._db.execute(
+                    "SELECT length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq LIMIT ?",
+                    (limit,)):
+                if count and total + size > max_bytes:
+                    break
+                total, count = total + size, count + 1
+            limit = count
         return self._db.execute(
             f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)
         ).fetchall()
@@ -194,17 +232,17 @@ class Store:
             self._db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
         return moved
 
-    def expire(self, received_after, received_before, now):
+    def expire(self, received_after, received_before, now, limit=None):
         """Move messages received between two wall-clock times to dead letters as 'expired'.
 
         Messages are appended in arrival order, so this walks the queue from the oldest and stops
-        at the first one received at or after received_before: a backlog is not read whole (an
-        index on received_at would cost writes for every message instead). Messages stamped
-        before received_after (clock unset) are passed over and kept."""
+        at the first one received at or after received_before, or after ``limit`` due ones: a
+        backlog is not read whole (an index on received_at would cost writes for every message
+        instead). Messages stamped before received_after (clock unset) are passed over and kept."""
         with _transaction(self._db):
             due = []
             for seq, received_at in self._db.execute("SELECT seq, received_at FROM messages ORDER BY seq"):
-                if received_at >= received_before:
+                if received_at >= received_before or (limit is not None and len(due) >= limit):
                     break
                 if received_at >= received_after:
                     due.append(seq)

@@ -24,6 +24,8 @@ from mqttbuffer.control.server import ControlError, ControlServer, SocketInUse
 from mqttbuffer.errors import EX_CONFIG
 from mqttbuffer.health import HealthChecks
 from mqttbuffer.lock import EX_TEMPFAIL
+from mqttbuffer.metrics import MetricsServer
+from mqttbuffer.metrics import render as render_metrics
 from mqttbuffer.slots import Slot
 from mqttbuffer.stats import GAUGES, TEXTS, SharedStats
 from mqttbuffer.status import Rates, buffer_and_circuit, connections, counters, stats_line
@@ -64,7 +66,6 @@ class Supervisor:
 
     def run(self):
         """Run until SIGTERM or SIGINT (or a worker's config error); return the exit code."""
-        multiprocessing.current_process().name = "supervisor"
         try:
             self.control = ControlServer(self.cfg.control.socket, {
                 "status": self.handle_status,
@@ -77,6 +78,7 @@ class Supervisor:
             log.error("%s: control.socket: cannot create %s: %s", self.cfg.source, self.cfg.control.socket,
                       exc.strerror or exc)
             return EX_CONFIG
+        self.metrics = self._start_metrics()
         client_id = self.cfg.mqtt.client_id or load_or_create_client_id(
             os.path.join(os.path.dirname(self.cfg.buffer.persist_file), "client_id")
         )
@@ -93,7 +95,7 @@ class Supervisor:
         )
         for worker in workers:
             worker.supervisor_pid = os.getpid()
-            worker.inherited = (self.control, wake_r, wake_w)
+            worker.inherited = (self.control, wake_r, wake_w) + ((self.metrics,) if self.metrics else ())
         self.slots = {w.name: Slot(w, FORK, self.stats) for w in workers}
         self.health = HealthChecks(self.cfg.limits, self.stats)
         self.notifier = Notifier()
@@ -123,6 +125,8 @@ class Supervisor:
             os.close(wake_r)
             os.close(wake_w)
             self.control.close()
+            if self.metrics:
+                self.metrics.close()
             shutil.rmtree(links_dir, ignore_errors=True)
         log.info("mqttbuffer stopped")
         return self.exit_code
@@ -149,8 +153,11 @@ class Supervisor:
     def _loop_once(self, wake_r):
         now = time.monotonic()
         deadlines = [now + 1.0, self.control.next_deadline()] + [s.next_deadline() for s in self.slots.values()]
-        timeout = max(0.0, min(d for d in deadlines if d is not None) - now)
         waitables = [wake_r, *self.control.waitables(now), *(s.sentinel() for s in self.slots.values() if s.sentinel())]
+        if self.metrics:
+            deadlines.append(self.metrics.next_deadline())
+            waitables += self.metrics.waitables()
+        timeout = max(0.0, min(d for d in deadlines if d is not None) - now)
         ready = multiprocessing.connection.wait(waitables, timeout)
         try:
             while os.read(wake_r, 512):
@@ -161,10 +168,26 @@ class Supervisor:
         # Each part on its own: a failure in one (the control socket out of descriptors, a
         # psutil error) must not skip the others, supervision above all.
         self._guarded("control socket", self.control.serve, ready, now)
+        if self.metrics:
+            self._guarded("metrics", self.metrics.serve, ready, now)
         for slot in self.slots.values():
             self._guarded(f"{slot.name} slot", self._check_slot, slot, now)
         self._guarded("health checks", self.health.check, self.slots.values(), now)
         self._guarded("stats", self._report, now)
+
+    def _start_metrics(self):
+        """The metrics endpoint, or None when off or its address cannot be had (logged: the
+        buffer matters more than its metrics)."""
+        if not self.cfg.metrics.listen:
+            return None
+        try:
+            server = MetricsServer(self.cfg.metrics.listen, lambda: render_metrics(self.handle_status({})))
+        except OSError as exc:
+            log.error("%s: metrics.listen: cannot listen on %s: %s; running without metrics",
+                      self.cfg.source, self.cfg.metrics.listen, exc.strerror or exc)
+            return None
+        log.info("Metrics at http://%s/metrics", self.cfg.metrics.listen)
+        return server
 
     def _check_slot(self, slot, now):
         if slot.check(now) == EX_CONFIG:

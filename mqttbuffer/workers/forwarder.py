@@ -9,6 +9,7 @@ only does the I/O, and ``answers.ApiReport`` tells the operator (log lines, shar
 
 import logging
 import random
+import sqlite3
 import time
 
 import urllib3
@@ -17,6 +18,8 @@ from mqttbuffer import delivery as d
 from mqttbuffer import ipc
 from mqttbuffer.answers import ApiReport, network_cause
 from mqttbuffer.apiheaders import request_headers
+from mqttbuffer.crashguard import CrashGuard
+from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import CIRCUIT_STATES
 from mqttbuffer.store import Store
 from mqttbuffer.wire import BodyShape
@@ -62,6 +65,22 @@ class Forwarder(Worker):
         self.oldest_seq = None
         self.oldest_since = 0.0
         self.gauges_at = 0.0
+        self.guard = CrashGuard(self.stats)
+        self._after_a_death()
+
+    def _after_a_death(self):
+        if self.guard.death:
+            first, count, size, why = self.guard.death
+            self.log.warning("The previous forwarder died handling %d messages (%d bytes, from seq %d): %s;"
+                             " at most %d messages, %d bytes per request for now",
+                             count, size, first, why, *self.guard.limits(count, size))
+        if self.guard.quarantine:
+            seq, why = self.guard.quarantine
+            moved = self.store.dead_letter([seq], "crashed", time.time(), None, why)
+            self.stats.add("crashed", moved)
+            self.log.warning("Message at seq %d moved to dead letters: crashed, the forwarder died on it"
+                             " %d times: %s", seq, self.guard.quarantine_after, why)
+            self.guard.quarantined()
 
     def step(self, now):
         if now >= self.gauges_at:
@@ -84,17 +103,33 @@ class Forwarder(Worker):
         if waited < self.cfg.buffer.flush_interval and self.store.totals()[0] < self.policy.batch_limit():
             self._idle(min(self.poll_interval, self.cfg.buffer.flush_interval - waited))
             return
-        limit, suspects = self.policy.batch_limit(), self.policy.suspects
-        rows = [row for row in self.store.oldest(limit + len(suspects)) if row[0] not in suspects][:limit]
-        if rows:
-            self._deliver(rows, now)
-        else:  # only suspects wait (they need others to compare with), or the persister just dropped them
+        self.guard.reading()
+        limit, max_bytes = self.guard.limits(self.policy.batch_limit(), self.cfg.buffer.batch_bytes)
+        suspects = self.policy.suspects
+        # Suspects wait aside (skipped); their bytes do not count against the batch's.
+        rows = self.store.oldest(limit + len(suspects), None if suspects else max_bytes)
+        rows = [row for row in rows if row[0] not in suspects][:limit]
+        if not rows:  # only suspects wait (they need others to compare with), or the persister just dropped them
+            self.guard.clear()
             self._idle(self.poll_interval)
+            return
+        self.guard.begin(rows)
+        try:
+            self._deliver(rows, now)
+        except sqlite3.Error:
+            self.guard.clear()  # the store's fault, not the messages'
+            raise
+        except Exception as exc:
+            self.guard.dying(exc)
+            raise
+        self.guard.done()
 
     def _deliver(self, rows, now):
         answer = self._post(rows, now)
         now = time.monotonic()
         kind = d.classify(answer.status)
+        answer_class = (answer.status or 0) // 100
+        self.stats.add(f"requests_{answer_class}xx" if 2 <= answer_class <= 5 else "requests_error")
         seqs = [row[0] for row in rows]
         attempts_after = rows[0][7] + 1 if kind == d.FAILED and len(rows) == 1 else 0
         decision = self.policy.decide(kind, seqs, now, answer.retry_after, attempts_after,
@@ -145,14 +180,18 @@ class Forwarder(Worker):
         self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
         self.stats.add("requests")
         try:
-            response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
-                                         preload_content=False, redirect=False)
-            try:
-                excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
-                response.drain_conn()
-            finally:
-                response.release_conn()
+            with request_deadline(self.cfg.api.timeout):
+                response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
+                                             preload_content=False, redirect=False)
+                try:
+                    excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")
+                    response.drain_conn()
+                finally:
+                    response.release_conn()
         except urllib3.exceptions.HTTPError as exc:
+            if isinstance(exc, DeadlineExceeded):
+                self.http.clear()  # the connection is mid-answer: never reuse it
+                return Answer(None, problem=str(exc))
             return Answer(None, problem=network_cause(exc))
         retry_after = d.parse_retry_after(response.headers.get("Retry-After"), time.time())
         return Answer(response.status, retry_after, excerpt, f"HTTP {response.status}",

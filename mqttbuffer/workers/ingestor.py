@@ -16,6 +16,21 @@ Acks belong to a connection: each message records the connection generation it a
 a confirmation for an older generation sends no PUBACK (the broker redelivers those messages with
 dup=1 on the new connection). ``_lock`` makes "check the generation, queue the PUBACK" atomic
 with respect to paho starting a new connection.
+
+Redeliveries keep their id: ``_unacked`` maps each QoS 1 packet id we have not PUBACKed to the
+message's id, topic and payload hash. A packet id is reused only after its PUBACK, so a dup=1
+message on a later connection of the same session, with a packet id we never acked and the same
+topic and payload, is that message again: it gets the same id and the store or the API drops it.
+A session the broker lost empties the map (its packet ids prove nothing any more).
+
+Nothing-more-coming: the persister commits at once when told the stream has paused (no message
+for ``QUIET`` seconds: the broker's window is full or the publishers are idle), or when half of
+a known window (MQTT 5 ``receive_maximum``) waits unconfirmed; otherwise every
+``buffer.commit_interval``. A broker with a window of 10 (RabbitMQ) is then not held to
+10 / commit_interval.
+
+Bytes in flight are bounded: while the messages held unconfirmed carry more than
+``mqtt.max_inflight_bytes``, paho stops reading the socket and the broker keeps the rest.
 """
 
 import collections
@@ -32,17 +47,19 @@ MAX_BATCH_ROWS = 1000
 MAX_BATCHES_IN_FLIGHT = 8
 SEND_INTERVAL = 0.02
 SEND_ROWS = 100
+QUIET = 0.004
 STOP_CONFIRM_TIMEOUT = 4.0
 
 
 class Batch:
-    __slots__ = ("number", "acks", "rows", "sent")
+    __slots__ = ("number", "acks", "rows", "sent", "size")
 
     def __init__(self, number):
         self.number = number
         self.acks = []  # (generation, mid) of QoS 1 messages, in receive order
         self.rows = []  # store rows: (id, topic, payload, qos, retain, received_at)
         self.sent = False
+        self.size = 0  # bytes of topics and payloads
 
 
 class Ingestor(Worker):
@@ -56,7 +73,12 @@ class Ingestor(Worker):
         self._lock = threading.Lock()
         self._generation = 0
         self._connected = False
-        self._incoming = []  # (generation, mid, qos, row) from paho's thread
+        self._incoming = []  # (generation, mid, qos, row, size) from paho's thread
+        self._unacked = {}  # mid -> (generation, id, topic, payload hash) of QoS 1 messages not PUBACKed
+        self._held_bytes = 0
+        self._last_arrival = 0.0
+        self._unflushed = False  # rows sent since the persister was last told to commit at once
+        self._sent_rows = 0  # rows sent and not yet confirmed
         self._taking = True
         self._wake_on_message = True  # False while the main thread sends on its own timer
         self._send_again_at = 0.0
@@ -67,17 +89,19 @@ class Ingestor(Worker):
         self.link = None
         self.reconnector = ipc.Reconnector(os.path.join(self.links_dir, LINK_NAME))
         self.broker = BrokerClient(
-            self.cfg.mqtt, self.client_id, self.cfg.topics,
+            self.cfg.mqtt, self.client_id, self.cfg.topics, self.stats,
             self._on_message, self._on_connected, self._on_disconnected,
         )
         self.broker.start()
 
     # --- paho's network thread -------------------------------------------------------------
 
-    def _on_connected(self):
+    def _on_connected(self, session_present):
         with self._lock:
             self._generation += 1
             self._connected = True
+            if not session_present:
+                self._unacked.clear()
 
     def _on_disconnected(self, reason):
         with self._lock:
@@ -92,15 +116,32 @@ class Ingestor(Worker):
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
-        self._id_counter += 1
+        payload = bytes(msg.payload)
+        size = len(payload) + len(topic)
         self.stats.add("received")
-        row = (f"{self._id_prefix}-{self._id_counter:x}", topic, bytes(msg.payload), msg.qos,
-               int(msg.retain), time.time())
+        now = time.monotonic()
         with self._lock:
             if not self._taking:
                 # Stopping: not acked, so the broker redelivers it to the next session.
                 return
-            self._incoming.append((self._generation, msg.mid, msg.qos, row))
+            message_id = None
+            if msg.qos:
+                digest = hash(payload)
+                earlier = self._unacked.get(msg.mid)
+                if (msg.dup and earlier is not None and earlier[0] != self._generation
+                        and earlier[2] == topic and earlier[3] == digest):
+                    message_id = earlier[1]
+            if message_id is None:
+                self._id_counter += 1
+                message_id = f"{self._id_prefix}-{self._id_counter:x}"
+            if msg.qos:
+                self._unacked[msg.mid] = (self._generation, message_id, topic, digest)
+            row = (message_id, topic, payload, msg.qos, int(msg.retain), time.time())
+            self._incoming.append((self._generation, msg.mid, msg.qos, row, size))
+            self._last_arrival = now
+            self._held_bytes += size
+            if self._held_bytes > self.cfg.mqtt.max_inflight_bytes:
+                self.broker.pause_reading(True)
             queued = len(self._incoming)
             wake = queued == SEND_ROWS or (queued == 1 and self._wake_on_message)
         if wake:
@@ -118,13 +159,19 @@ class Ingestor(Worker):
         timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
         if not self._wake_on_message:
             timeout = min(timeout, max(0.0, self._send_again_at - now))
+        quiet_at = self._last_arrival + QUIET
+        if self._unflushed or self._incoming:
+            timeout = min(timeout, max(0.0, quiet_at - now))
         for source in ipc.wait(waiting, timeout):
             if source is self.link:
                 self._receive_confirmations()
             else:
                 self.drain_wakeups()
         now = time.monotonic()
-        if self._wake_on_message or now >= self._send_again_at or len(self._incoming) >= SEND_ROWS:
+        self.broker.check(now)
+        quiet = now >= self._last_arrival + QUIET
+        if (self._wake_on_message or now >= self._send_again_at or len(self._incoming) >= SEND_ROWS
+                or (quiet and self._incoming)):
             taken = self._take_incoming()
             self._send()
             with self._lock:
@@ -132,18 +179,34 @@ class Ingestor(Worker):
                 # let the next message wake us (no message can slip between: same lock).
                 self._wake_on_message = not taken and not self._incoming
             self._send_again_at = now + SEND_INTERVAL
+        if self._unflushed and self.link is not None and (quiet or self._window_half_full()):
+            self._flush()
+
+    def _window_half_full(self):
+        window = self.broker.window()
+        return window is not None and self._sent_rows * 2 >= window
+
+    def _flush(self):
+        """Tell the persister to commit what it has now: nothing more is coming soon."""
+        try:
+            self.link.send((None, [], True))
+        except ipc.LINK_ERRORS:
+            self._lose_link()
+            return
+        self._unflushed = False
 
     def _take_incoming(self):
         """Move queued messages into batches; return how many."""
         with self._lock:
             incoming, self._incoming = self._incoming, []
-        for generation, mid, qos, row in incoming:
+        for generation, mid, qos, row, size in incoming:
             batch = self.batches[-1] if self.batches else None
             if batch is None or batch.sent or len(batch.rows) >= MAX_BATCH_ROWS:
                 self._batch_number += 1
                 batch = Batch(self._batch_number)
                 self.batches.append(batch)
             batch.rows.append(row)
+            batch.size += size
             if qos:
                 batch.acks.append((generation, mid))
         return len(incoming)
@@ -159,11 +222,13 @@ class Ingestor(Worker):
             if in_flight >= MAX_BATCHES_IN_FLIGHT:
                 break
             try:
-                self.link.send((batch.number, batch.rows))
+                self.link.send((batch.number, batch.rows, False))
             except ipc.LINK_ERRORS:
                 self._lose_link()
                 return
             batch.sent = True
+            self._unflushed = True
+            self._sent_rows += len(batch.rows)
             in_flight += 1
 
     def _receive_confirmations(self):
@@ -178,15 +243,25 @@ class Ingestor(Worker):
             self._lose_link()
 
     def _ack(self, batches):
+        mids = []
         with self._lock:
-            self.broker.ack_all([mid for batch in batches for generation, mid in batch.acks
-                                 if generation == self._generation])
+            for batch in batches:
+                self._held_bytes -= batch.size
+                self._sent_rows -= len(batch.rows)
+                for generation, mid in batch.acks:
+                    if generation == self._generation:
+                        mids.append(mid)
+                        self._unacked.pop(mid, None)
+            self.broker.ack_all(mids)
+            if self._held_bytes <= self.cfg.mqtt.max_inflight_bytes:
+                self.broker.pause_reading(False)
 
     def _lose_link(self):
         self.log.warning("Lost the link to the persister; %d unconfirmed messages will be sent again",
                          sum(len(b.rows) for b in self.batches))
         self.link.close()
         self.link = None
+        self._sent_rows = 0
 
     def shutdown(self):
         """Stop taking messages, wait for the persister to confirm what we hold, ack, disconnect."""

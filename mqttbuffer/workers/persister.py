@@ -4,10 +4,9 @@ It listens for the ingestor, commits every batch that arrived while the previous
 one transaction (group commit: one fsync for all of them), and only then confirms those batches,
 so the ingestor acks nothing that is not on disk. Commits are at least ``buffer.commit_interval``
 apart: on an SD card an fsync per arriving batch would write kilobytes per message, while a few
-milliseconds of waiting lets each commit carry many. The exception is a burst: once half of the
-broker's in-flight window waits uncommitted, waiting longer would only stall the broker, so the
-commit happens at once. The window is ``mqtt.receive_maximum`` with MQTT 5; MQTT 3.1.1 cannot
-tell the broker, so mosquitto's default ``max_inflight_messages`` (20) is assumed. It also
+milliseconds of waiting lets each commit carry many. The exception is when the ingestor says
+nothing more is coming soon (the stream paused, or half of the broker's window waits): waiting
+would only stall the broker, so the commit happens at once. It also
 enforces the store's bounds (``buffer.max_size``/``max_bytes`` with ``overflow``) and, every
 ``cleanup_interval``, retention.
 
@@ -21,12 +20,12 @@ import sqlite3
 import time
 
 from mqttbuffer import ipc
+from mqttbuffer.retention import RetentionGuard
 from mqttbuffer.store import ROW_OVERHEAD, Store
 from mqttbuffer.workers.base import Worker
 
 LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = 1.0
-MQTT311_WINDOW = 20
 DROP_LOG_INTERVAL = 10.0
 DAY = 86400.0
 # Messages stamped before this wall-clock time were received while the clock was unset (a Pi
@@ -44,13 +43,13 @@ class Persister(Worker):
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []
-        window = self.cfg.mqtt.receive_maximum if self.cfg.mqtt.protocol == "5" else MQTT311_WINDOW
-        self.commit_rows = max(1, window // 2)
+        self.flush_wanted = False  # the ingestor asked for a commit now
         self.commit_at = 0.0
         self.problem = None  # why commits are held back: "full", "error", or None
         self.dropped_unlogged = 0
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
+        self.retention = RetentionGuard(self.cfg.buffer.message_retention_days * DAY, time.monotonic(), time.time())
 
     def step(self, now):
         if not self.uncommitted:
@@ -72,6 +71,8 @@ class Persister(Worker):
         now = time.monotonic()
         if self.uncommitted and self._commit_due(now):
             self._commit(now)
+        elif not self.uncommitted:
+            self.flush_wanted = False
         if now >= self.cleanup_at:
             self.cleanup_at = now + self.cfg.buffer.cleanup_interval
             self._clean_up()
@@ -84,14 +85,16 @@ class Persister(Worker):
     def _commit_due(self, now):
         if now >= self.commit_at:
             return True
-        return not self.problem and sum(len(rows) for _, _, rows in self.uncommitted) >= self.commit_rows
+        return not self.problem and self.flush_wanted
 
     def _receive(self, link):
         """Take every batch waiting on link, so one commit covers all of them."""
         try:
             while link.poll(0):
-                batch_no, rows = link.recv()
-                self.uncommitted.append((link, batch_no, rows))
+                batch_no, rows, flush = link.recv()
+                if batch_no is not None:
+                    self.uncommitted.append((link, batch_no, rows))
+                self.flush_wanted = self.flush_wanted or flush
         except ipc.LINK_ERRORS:
             # The ingestor went away; it re-sends whatever we never confirmed to it.
             self._drop(link)
@@ -117,30 +120,36 @@ class Persister(Worker):
             fitting += 1
         return fitting
 
-    def _hold(self, now, problem, message, *args):
+    def _hold(self, now, problem, words, message, *args):
         if self.problem != problem:
             self.log.warning(message, *args)
         self.problem = problem
         self.stats.set("blocked", 1)
+        self.stats.set_text("persister_problem", words)
         self.commit_at = now + RETRY_COMMIT_AFTER
 
     def _commit(self, now):
         fitting = self._batches_that_fit()
         if not fitting:
             count, size = self.store.totals()
-            self._hold(now, "full", "Buffer full (%d messages, %d bytes): not acking until the forwarder"
+            self._hold(now, "full", f"buffer full (overflow: block): {count} messages, {size} bytes",
+                       "Buffer full (%d messages, %d bytes): not acking until the forwarder"
                        " frees space (overflow: block)", count, size)
             return
         batches, rest = self.uncommitted[:fitting], self.uncommitted[fitting:]
+        self.flush_wanted = False
         rows = [row for _, _, batch in batches for row in batch]
         bounded = self.cfg.buffer.overflow == "drop_oldest"
         try:
             inserted, dropped = self.store.insert(
-                rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None
+                rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None,
+                keep_upto=self.stats.get("handling_last_seq"),
             )
         except sqlite3.Error as exc:
             full = "full" in str(exc)
-            self._hold(now, "error", "Cannot commit %d messages to %s: %s%s; not acking until it works again",
+            path = self.cfg.buffer.persist_file
+            self._hold(now, "error", f"disk full: {path}" if full else f"cannot commit to {path}: {exc}",
+                       "Cannot commit %d messages to %s: %s%s; not acking until it works again",
                        len(rows), self.cfg.buffer.persist_file, exc,
                        " (no space left on the device)" if full else "")
             return
@@ -149,6 +158,8 @@ class Persister(Worker):
             self.log.info("Committing again; the broker's held messages follow")
             self.problem = None
             self.stats.set("blocked", 0)
+            self.stats.set_text("persister_problem", "")
+        self.stats.set("last_commit_at", time.time())
         self.stats.add("persisted", inserted)
         if dropped:
             self.stats.add("dropped", dropped)
@@ -166,16 +177,25 @@ class Persister(Worker):
                 self._drop(link)
 
     def _clean_up(self):
-        buffer, wall = self.cfg.buffer, time.time()
+        buffer, wall, now = self.cfg.buffer, time.time(), time.monotonic()
         try:
-            cutoff = wall - buffer.message_retention_days * DAY
-            expired = self.store.expire(PLAUSIBLE_EPOCH, cutoff, wall)
-            forgotten = self.store.trim_dead_letters(wall - buffer.dead_letter_retention_days * DAY,
-                                                     buffer.dead_letter_max_size)
+            waiting, oldest = self.store.totals()[0], self.store.head()[1]
+            may_run, limit = self.retention.plan(now, wall, oldest, waiting)
+            if not may_run:
+                self.cleanup_at = self.retention.started_mono + self.retention.grace
+                return
+            expired = self.store.expire(PLAUSIBLE_EPOCH, wall - buffer.message_retention_days * DAY, wall, limit)
+            # Forgetting dead letters by age trusts the clock as much: only the count cap applies then.
+            dead_before = wall - buffer.dead_letter_retention_days * DAY if limit is None else 0.0
+            forgotten = self.store.trim_dead_letters(dead_before, buffer.dead_letter_max_size)
         except sqlite3.Error as exc:
             self.log.error("Cleanup of %s failed: %s; trying again in %gs", buffer.persist_file, exc,
                            buffer.cleanup_interval)
             return
+        if limit is not None and expired == limit:
+            self.log.warning("Retention: the clock cannot be checked against the age of the oldest messages"
+                             " (received before this start, or the clock jumped); expiring at most %d of %d"
+                             " per pass", limit, waiting)
         if expired:
             self.stats.add("expired", expired)
             self.log.warning("Moved %d messages older than %g days to dead letters (expired)",

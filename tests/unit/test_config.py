@@ -64,7 +64,7 @@ def test_seed_config_loads_with_and_without_comments(tmp_path):
 def test_defaults(tmp_path):
     cfg = load_config(write(tmp_path, "api: {url: 'http://127.0.0.1:9/x'}\n"), environ={})
     assert cfg.mqtt.broker == "tcp://127.0.0.1:1883"
-    assert cfg.mqtt.qos == 1 and cfg.mqtt.protocol == "5"
+    assert cfg.mqtt.qos == 1 and cfg.mqtt.protocol == "auto"
     assert cfg.buffer.batch_size == 500
     assert cfg.buffer.persist_file == "/var/lib/mqttbuffer/buffer.db"
     assert cfg.control.socket == "/var/lib/mqttbuffer/control.sock"

@@ -1,9 +1,12 @@
 """The worker slot's restart policy, with a fake process and a fake clock."""
 
 import itertools
+import logging
 import signal
 
-from mqttbuffer.slots import Slot, describe_exit
+import pytest
+
+from mqttbuffer.slots import Slot, describe_exit, oom_kills
 from mqttbuffer.stats import SharedStats
 
 PIDS = itertools.count(1000)
@@ -98,5 +101,48 @@ def test_down_for_spans_a_crash_loop_and_ends_after_a_steady_run():
 
 def test_describe_exit():
     assert describe_exit(0) == "exited with 0"
-    assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL (out of memory?)"
     assert describe_exit(-signal.SIGTERM) == "killed by SIGTERM"
+
+
+@pytest.mark.parametrize("because, oom_kills, words", [
+    ("no heartbeat for 32s", 1, "killed by SIGKILL (sent by the supervisor: no heartbeat for 32s)"),
+    (None, 1, "killed by SIGKILL (out of memory: the kernel's OOM killer ran)"),
+    (None, 0, "killed by SIGKILL"),
+    (None, None, "killed by SIGKILL (out of memory?)"),
+])
+def test_a_sigkill_is_put_down_to_memory_only_when_the_kernel_says_so(because, oom_kills, words):
+    assert describe_exit(-signal.SIGKILL, because, oom_kills) == words
+
+
+def test_oom_kills_reads_the_kernels_counter(tmp_path):
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text("nr_free_pages 1000\noom_kill 7\nnr_zone_active_file 3\n")
+    assert oom_kills(str(vmstat)) == 7
+    assert oom_kills(str(tmp_path / "missing")) is None
+
+
+def test_our_own_sigkill_is_named_as_ours():
+    slot = Slot(FakeWorker(), FakeContext, SharedStats())
+    slot.start(0.0)
+    slot.check(1.0)
+    slot.kill("no heartbeat for 32s")
+    die(slot, 5.0)
+    assert slot.last_exit == "killed by SIGKILL (sent by the supervisor: no heartbeat for 32s)"
+
+
+def test_unasked_deaths_are_warnings_and_a_crash_loop_an_error(caplog):
+    caplog.set_level(logging.INFO)
+    slot = Slot(FakeWorker(), FakeContext, SharedStats())
+    slot.start(0.0)
+    now = 0.0
+    for _ in range(3):
+        _, now = run_and_die(slot, now, 0.5)
+    deaths = [r for r in caplog.records if "-> BACKOFF" in r.getMessage()]
+    assert [r.levelname for r in deaths] == ["WARNING", "ERROR", "ERROR"]
+    assert "restart in 2s; crash loop: it dies within 3s of each start" in deaths[1].getMessage()
+    caplog.clear()
+    slot.check(now + 1.0)
+    slot.request_restart(now + 4.0, "memory over the limit", backoff=True)
+    slot.process.exitcode = -signal.SIGTERM
+    slot.check(now + 4.5)
+    assert [r.levelname for r in caplog.records if "-> BACKOFF" in r.getMessage()] == ["INFO"]
