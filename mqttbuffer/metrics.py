@@ -19,7 +19,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 log = logging.getLogger("mqttbuffer.metrics")
 
-# status document "counters" key -> help text; each becomes mqttbuffer_<key>_total.
+# status document "counters" key -> help text; each counter becomes mqttbuffer_<key>_total (one
+# added to stats.COUNTERS later is exposed too, with a plain help text, until it gets one here).
 COUNTER_HELP = {
     "received": "Messages taken from the broker.",
     "persisted": "Messages committed to the store.",
@@ -27,7 +28,8 @@ COUNTER_HELP = {
     "rejected": "Messages the API refused (4xx), moved to dead letters.",
     "retries_exhausted": "Messages past buffer.max_retries, moved to dead letters.",
     "expired": "Messages past buffer.message_retention_days, moved to dead letters.",
-    "dropped": "Messages removed by overflow: drop_oldest.",
+    "dropped": "Messages removed undelivered by overflow: drop_oldest.",
+    "crashed": "Messages the forwarder died handling again and again, moved to dead letters.",
     "requests": "HTTP requests made to the API.",
     "requests_failed": "HTTP requests that did not end in a 2xx.",
 }
@@ -46,8 +48,9 @@ def render(doc):
             out.append(f"{name}{{{label_text}}} {_number(value)}" if labels else f"{name} {_number(value)}")
 
     counters = doc["counters"]
-    for key, help_text in COUNTER_HELP.items():
-        metric(f"mqttbuffer_{key}_total", "counter", help_text, [({}, counters.get(key, 0))])
+    for key, value in counters.items():
+        if key.removeprefix("requests_") not in REQUEST_CLASSES:
+            metric(f"mqttbuffer_{key}_total", "counter", COUNTER_HELP.get(key, f"The {key} counter."), [({}, value)])
     metric("mqttbuffer_requests_by_class_total", "counter", "HTTP requests to the API by answer class"
            " (error: no answer).", [({"class": c}, counters.get(f"requests_{c}", 0)) for c in REQUEST_CLASSES])
     b = doc["buffer"]
