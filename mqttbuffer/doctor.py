@@ -15,13 +15,14 @@ from typing import NamedTuple
 import urllib3
 
 from mqttbuffer import mqttprobe
+from mqttbuffer.answers import HINTS, body_excerpt, network_cause, safe_url, status_words
+from mqttbuffer.apiheaders import request_headers
 from mqttbuffer.broker import NoConnack, Refused, Target, describe_failure
 from mqttbuffer.config import load_config
 from mqttbuffer.control.client import NotRunning, request
 from mqttbuffer.errors import ConfigError
 from mqttbuffer.store import Store, StoreError
 from mqttbuffer.validators import parse_broker_url, redact_url
-from mqttbuffer.workers.forwarder import request_headers
 
 OK, FAIL, UNSURE = "✔", "✘", "!"
 PROBE_TIMEOUT = 10.0
@@ -193,14 +194,14 @@ def _broker_fix(exc, m):
 
 
 def api_check(cfg):
-    url = redact_url(cfg.api.url)
+    url = safe_url(cfg.api.url)
     http = urllib3.PoolManager(num_pools=1, retries=False,
                                timeout=urllib3.Timeout(connect=min(PROBE_TIMEOUT, cfg.api.timeout),
                                                        read=min(PROBE_TIMEOUT, cfg.api.timeout)))
     try:
-        response = http.request("POST", cfg.api.url, body=b"[]", headers=request_headers(cfg.api.key),
+        response = http.request("POST", cfg.api.url, body=b"[]", headers=request_headers(cfg.api.key, cfg.api.headers),
                                 redirect=False, preload_content=False)
-        excerpt = response.read(EXCERPT * 4).decode("utf-8", "replace").strip().replace("\n", " ")[:EXCERPT]
+        excerpt = body_excerpt(response.read(EXCERPT * 4).decode("utf-8", "replace"), EXCERPT)
         response.release_conn()
     except urllib3.exceptions.HTTPError as exc:
         return Check(FAIL, f"API {url}: {network_cause(exc)}",
@@ -208,44 +209,21 @@ def api_check(cfg):
     finally:
         http.clear()
     status = response.status
-    said = f"{status}" + (f": {excerpt}" if excerpt else "")
+    said = status_words(status) + (f": {excerpt}" if excerpt else "")
     if 200 <= status < 300:
-        return Check(OK, f"API {url}: accepted an empty batch [] ({status})")
-    fixes = {
-        401: "check api.key (wrong or expired; MQTTBUFFER_API_KEY or api.key_file win over api.key)",
-        403: "the key may not insert here: check the role's grants or the row-level security policy",
-        404: "check api.url: no such endpoint (PostgREST/Supabase: no such table, or not in the exposed schema)",
-        405: "check api.url: it does not take POST",
-    }
-    if status in fixes:
-        return Check(FAIL, f"API {url} refuses the request ({said})", fixes[status])
+        return Check(OK, f"API {url}: accepted an empty batch [] ({status_words(status)})")
     if 300 <= status < 400:
-        return Check(FAIL, f"API {url} redirects ({status}) to {response.headers.get('Location', '?')}",
-                     "set api.url to where it redirects: a POST is not followed")
-    if status in (400, 409, 413, 422):
+        location = response.headers.get("Location")
+        return Check(FAIL, f"API {url} redirects ({said})",
+                     f"set api.url to {safe_url(location) if location else 'the final URL'}: a POST is not followed")
+    if status in HINTS:
+        return Check(FAIL, f"API {url} refuses the request ({said})", HINTS[status])
+    if status in (400, 409, 422):
         return Check(UNSURE, f"API {url} refuses an empty batch [] ({said}); it may still take messages",
                      f"probe with one test message: curl -X POST -H 'Content-Type: application/json'"
                      f" -d '[{{\"id\":\"doctor-test\",\"topic\":\"test\",\"payload\":1}}]' {url}"
                      " (plus your key headers)")
     return Check(FAIL, f"API {url} fails ({said})", "the API is down or failing: look at its logs, try again")
-
-
-def network_cause(exc):
-    """A urllib3 error as a short cause: 'connection refused', not the exception's repr."""
-    inner = exc
-    while getattr(inner, "reason", None) is not None and isinstance(inner.reason, BaseException):
-        inner = inner.reason
-    for error in (inner, inner.__context__, inner.__cause__):
-        if isinstance(error, ssl.SSLCertVerificationError):
-            return f"TLS: certificate verify failed: {error.verify_message}"
-        if isinstance(error, ConnectionRefusedError):
-            return "connection refused (nothing listens there?)"
-        if isinstance(error, socket.gaierror):
-            return f"cannot resolve the host name: {error.strerror}"
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return "no answer in time"
-    text = str(inner)
-    return text.split(": ", 1)[-1] if "object at 0x" in text else text
 
 
 def _size(n):

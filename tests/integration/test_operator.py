@@ -125,7 +125,7 @@ def test_doctor_names_a_wrong_broker_port_and_a_wrong_api_key(tmp_path, sink):
     broker, fix = line_and_fix(out, "✘ broker")
     assert "refused (nothing listens there?)" in broker and "fix: check mqtt.broker's host and port" in fix
     api, fix = line_and_fix(out, "✘ API")
-    assert "refuses the request (401" in api and "fix: check api.key" in fix
+    assert "refuses the request (401 Unauthorized" in api and "fix: check api.key" in fix
     assert "wrong-key-4711" not in out
     assert sink.requests[0][2] == [] and sink.requests[0][3]["apikey"] == "wrong-key-4711"
     assert out.startswith("✔ config ") and "✔ store directory " in out
@@ -148,7 +148,7 @@ def test_doctor_names_an_untrusted_ca_and_a_missing_table(tmp_path, sink):
     line, fix = line_and_fix(out, "✘ broker")
     assert "TLS: certificate verify failed" in line and "fix: set mqtt.tls.ca_file" in fix
     line, fix = line_and_fix(out, "✘ API")
-    assert "refuses the request (404" in line and "no such table" in fix
+    assert "refuses the request (404 Not Found" in line and "fix: check api.url (table or function name)" in fix
 
 
 def test_doctor_passes_with_a_trusted_tls_broker_and_a_working_api(tmp_path, sink):
@@ -164,4 +164,4 @@ def test_doctor_passes_with_a_trusted_tls_broker_and_a_working_api(tmp_path, sin
         broker.stop()
     assert code == 0 and "✘" not in out
     assert "TLS, MQTT 5 CONNECT accepted (mqtt.protocol auto picks 5)" in out
-    assert "SUBSCRIBE to test/# granted" in out and "accepted an empty batch [] (200)" in out
+    assert "SUBSCRIBE to test/# granted" in out and "accepted an empty batch [] (200 OK)" in out
