@@ -116,7 +116,7 @@ def describe_failure(error, target):
         return f"TLS: certificate verify failed for {target.host}: {error.verify_message} (CA: {ca})"
     if isinstance(error, ssl.SSLError):
         hint = " (is this a TLS port?)" if "WRONG_VERSION_NUMBER" in str(error) else ""
-        return f"TLS: handshake with {where} failed: {error.reason or error}{hint}"
+        return f"TLS: handshake with {where} failed: {getattr(error, 'reason', None) or error}{hint}"
     if isinstance(error, socket.gaierror):
         return f"DNS: cannot resolve {target.host}: {error.strerror}"
     if isinstance(error, ConnectionRefusedError):
@@ -179,7 +179,6 @@ class BrokerClient:
         self.reading = threading.Event()
         self.reading.set()
         self._attempt_started = None  # monotonic start of an attempt still waiting for CONNACK
-        self._attempt_error = None
         self._failures = 0
         self._failing_since = 0.0
         self._summary_at = 0.0
@@ -293,30 +292,30 @@ class BrokerClient:
     def attempt_starting(self):
         with self._lock:
             self._attempt_started = time.monotonic()
-            self._attempt_error = None
 
     def attempt_failed(self, error):
         """Record and log why the current attempt failed (once per attempt)."""
         with self._lock:
-            if self._attempt_started is None:
+            started = self._attempt_started
+            if started is None:
                 return
             self._attempt_started = None
-            self._attempt_error = error
         target = self.target()
         cause = describe_failure(error, target)
         if self._cfg.protocol == "auto" and self._should_switch(error):
             other = "3.1.1" if self.protocol == "5" else "5"
             self._use_protocol(other)
-            if isinstance(error, Refused):
-                log.info("MQTT broker %s:%s does not take MQTT %s; using MQTT %s (mqtt.protocol: auto)",
-                         self.host, self.port, target.protocol, other)
+            if other == "3.1.1" and not isinstance(error, NoConnack):
+                # A refusal or a hang-up right after CONNECT is how 3.1.1-only brokers answer 5.
+                log.info("MQTT broker %s:%s does not take MQTT 5 (%s); using MQTT 3.1.1 (mqtt.protocol: auto)",
+                         self.host, self.port, cause)
                 return
             cause += f"; trying MQTT {other} next (mqtt.protocol: auto)"
         self._stats.set_text("broker_error", cause)
         now = time.monotonic()
         self._failures += 1
         if self._failures == 1:
-            self._failing_since = now
+            self._failing_since = started
             self._summary_at = now + SUMMARY_INTERVAL
             log.warning("Cannot connect to MQTT broker %s:%s: %s", self.host, self.port, cause)
         elif now >= self._summary_at:
@@ -350,7 +349,8 @@ class BrokerClient:
         stats.set_text("broker_error", "")
         after = ""
         if self._failures:
-            after = f" after {self._failures} failed attempts in {time.monotonic() - self._failing_since:.0f}s"
+            attempts = "1 failed attempt" if self._failures == 1 else f"{self._failures} failed attempts"
+            after = f" after {attempts} in {time.monotonic() - self._failing_since:.0f}s"
         self._failures = 0
         log.info("Connected to MQTT broker %s:%s (MQTT %s, session present: %s)%s",
                  self.host, self.port, self.protocol, "yes" if present else "no", after)
