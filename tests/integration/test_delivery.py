@@ -209,6 +209,7 @@ def test_a_full_disk_blocks_acking_until_space_returns(small_disk, mosquitto, si
     assert daemon.status()["buffer"]["blocked"]
     assert daemon.process.poll() is None and daemon.all_workers_running()
     code, out, _ = wait_until(lambda: (r := daemon.ctl("status"))[0] == 1 and r, 30, "status to say degraded")
+    print(out.splitlines()[0])
     assert out.startswith("DEGRADED: ") and "persister not committing" in out and "disk" in out.split("\n")[0]
     filler.unlink()
     sink.status = 200

@@ -165,3 +165,33 @@ def test_doctor_passes_with_a_trusted_tls_broker_and_a_working_api(tmp_path, sin
     assert code == 0 and "✘" not in out
     assert "TLS, MQTT 5 CONNECT accepted (mqtt.protocol auto picks 5)" in out
     assert "SUBSCRIBE to test/# granted" in out and "accepted an empty batch [] (200 OK)" in out
+
+
+def status_text(daemon):
+    code, out, _ = daemon.ctl("status")
+    return code, out.splitlines()[0] if out else ""
+
+
+def test_status_says_healthy_then_names_a_stopped_broker(mosquitto, sink, make_daemon):
+    daemon = make_daemon(mosquitto, sink).start()
+    wait_until(lambda: status_text(daemon)[0] == 0, 10, "healthy")
+    assert status_text(daemon) == (0, "HEALTHY: all workers running; nothing waiting")
+    mosquitto.stop()
+    code, line = wait_until(lambda: (s := status_text(daemon))[0] == 1 and s, 30, "status to say degraded")
+    print(line)
+    assert line.startswith("DEGRADED: broker unreachable since ") and "refused" in line, line
+    mosquitto.start()
+    wait_until(lambda: status_text(daemon)[0] == 0, 20, "healthy again")
+
+
+def test_status_names_an_api_that_refuses_with_401(mosquitto, sink, make_daemon, publisher):
+    sink.status = 401
+    daemon = make_daemon(mosquitto, sink, api={"max_refused_backoff": 1}).start()
+    accepted = publisher.publish(5).accepted()
+    code, line = wait_until(lambda: (s := status_text(daemon))[0] == 1 and s, 20, "status to say degraded")
+    print(line)
+    assert line.startswith("DEGRADED: API refusing (401) since ") and "401 Unauthorized" in line, line
+    assert "check api.key" in line and "5 waiting" in line
+    sink.status = 200
+    assert_all_arrived(sink, accepted)
+    wait_until(lambda: status_text(daemon)[0] == 0, 20, "healthy again")
