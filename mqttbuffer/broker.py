@@ -169,6 +169,8 @@ class BrokerClient:
         self._cfg = mqtt_cfg
         self._topics = topics
         self._stats = stats
+        # A restarted ingestor subscribes again; until then its predecessor's flag is stale.
+        stats.set("broker_subscribed", 0)
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
@@ -384,6 +386,7 @@ class BrokerClient:
             self.attempt_failed(ClosedBeforeConnack())
             return
         self._stats.set("broker_connected", 0)
+        self._stats.set("broker_subscribed", 0)
         self._stats.set("broker_since", time.time())
         reason = rc.getName() if hasattr(rc, "getName") else mqtt.error_string(rc)
         self._stats.set_text("broker_error", f"disconnected: {reason}")
@@ -395,6 +398,7 @@ class BrokerClient:
             log.error("Broker refused subscription to %s", ", ".join(failed))
         else:
             log.info("Subscribed to %s", ", ".join(self._topics))
+            self._stats.set("broker_subscribed", 1)
 
     def _handle_message(self, client, userdata, msg):
         self._on_message(msg)

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from mqttbuffer import __version__
+from mqttbuffer import __version__, delays
 from mqttbuffer.config import check_writable_paths, load_config
 from mqttbuffer.errors import EX_CONFIG, ConfigError
 from mqttbuffer.lock import EX_TEMPFAIL, StoreLocked, lock_store
@@ -62,6 +62,8 @@ def main(argv=None):
     except StoreError as exc:
         print(f"mqttbuffer: {args.config}: buffer.persist_file: {exc}", file=sys.stderr)
         return EX_CONFIG
+    if delays.warning():
+        logging.getLogger("mqttbuffer").warning("%s", delays.warning())
     from mqttbuffer.supervisor import Supervisor
 
     return Supervisor(cfg).run()

@@ -42,6 +42,8 @@ one small probe batch; success closes, failure re-opens.
 
 import email.utils
 
+from mqttbuffer.delays import scaled
+
 DELIVERED, DUPLICATE, REFUSED, TOO_LARGE, REJECTED, UNAVAILABLE, FAILED = (
     "delivered", "duplicate", "refused", "too_large", "rejected", "unavailable", "failed")
 ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407, 410, 411, 414, 415, 426, 431})
@@ -56,8 +58,8 @@ REASONS = {REJECTED: "rejected", REFUSED: "rejected", DUPLICATE: "rejected", TOO
 # The API as the operator sees it (stats.API_STATES).
 OK, REFUSING, UNREACHABLE, FAILING = "ok", "refusing", "unreachable", "failing"
 
-BACKOFF_STEPS = (2.0, 4.0, 8.0, 16.0, 32.0)
-HOLD_FIRST_WAIT = 2.0
+BACKOFF_STEPS = scaled(2.0, 4.0, 8.0, 16.0, 32.0)
+HOLD_FIRST_WAIT = scaled(2.0)
 JITTER = 0.2
 PROBE_SIZE = 10
 MAX_SUSPECTS = 3

@@ -23,11 +23,12 @@ import time
 
 import psutil
 
+from mqttbuffer.delays import scaled
+
 log = logging.getLogger("mqttbuffer.supervisor")
 
-RUNNING_AFTER = 1.0
-STARTSECS = 3.0
-FIRST_DELAY, MAX_DELAY = 1.0, 60.0
+RUNNING_AFTER, STARTSECS = scaled(1.0, 3.0)
+FIRST_DELAY, MAX_DELAY = scaled(1.0, 60.0)
 RESTART_GRACE = 5.0
 STARTUP_GRACE = 15.0
 

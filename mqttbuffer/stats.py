@@ -38,6 +38,7 @@ GAUGES = (
     "broker_since",        # ingestor: wall-clock time broker_connected last changed (0: never)
     "broker_protocol",     # ingestor: MQTT protocol in use: 5 or 4 (3.1.1); 0 before the first CONNACK
     "broker_session_present",  # ingestor: the last CONNACK's session-present flag
+    "broker_subscribed",   # ingestor: 1 once the broker granted every topic on this connection, else 0
     "sessions_lost",       # ingestor: reconnects that found no session although we had one
     "api_state",           # forwarder: index into API_STATES
     "api_since",           # forwarder: wall-clock time api_state last changed (0: never)

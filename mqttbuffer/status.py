@@ -55,6 +55,7 @@ def connections(stats):
     return {
         "broker": {
             "connected": bool(stats.get("broker_connected")),
+            "subscribed": bool(stats.get("broker_subscribed")),
             "since": since["broker_since"],
             "protocol": {5: "5", 4: "3.1.1"}.get(int(stats.get("broker_protocol"))),
             "session_present": bool(stats.get("broker_session_present")),

@@ -1,4 +1,10 @@
-"""Shared fixtures: free ports, deadlines, a private mosquitto, an HTTP sink and the real daemon."""
+"""Shared fixtures and helpers: free ports, deadlines, a private mosquitto, an HTTP sink, the real
+daemon (ready when its status says every worker is alive and the broker granted its topics, with
+restart and retry delays scaled down by ``MQTTBUFFER_DELAY_SCALE``), and a QoS 1 publisher.
+
+Test modules import helpers from here (``from tests.conftest import wait_until``), never from
+each other.
+"""
 
 import collections
 import http.server
@@ -16,10 +22,15 @@ import psutil
 import pytest
 import yaml
 
+from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.control.client import NotRunning, request
+from mqttbuffer.delays import VARIABLE as DELAY_SCALE_VARIABLE
 from mqttbuffer.store import Store
 from tests.publisher import Publisher
 
 WORKERS = ("ingestor", "persister", "forwarder")
+# Restart backoff, delivery backoff and the like run at a tenth of their real length in tests.
+TEST_DELAY_SCALE = "0.1"
 
 
 def free_port():
@@ -38,6 +49,16 @@ def wait_until(predicate, timeout, message="condition", interval=0.05):
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def assert_all_arrived(sink, accepted, timeout=60):
+    """Wait until the sink has received every message number in ``accepted``; return the duplicates."""
+    wait_until(lambda: accepted <= set(sink.delivered_numbers()), timeout,
+               f"{len(accepted)} messages to arrive")
+    numbers = sink.delivered_numbers()
+    duplicates = len(numbers) - len(set(numbers))
+    print(f"{len(accepted)} accepted by the broker, {len(set(numbers))} delivered, {duplicates} duplicates")
+    return duplicates
 
 
 def port_open(port):
@@ -192,8 +213,10 @@ class Daemon:
         self.config_path = directory / "config.yaml"
         self.log_path = directory / "daemon.log"
         self.process = None
+        self._socket = None
         self.env = dict(os.environ)
         self.env.pop("NOTIFY_SOCKET", None)
+        self.env[DELAY_SCALE_VARIABLE] = TEST_DELAY_SCALE
         self.command = [sys.executable, "-m", "mqttbuffer"]
         self.ctl_command = [sys.executable, "-m", "mqttbuffer.ctl"]
 
@@ -201,7 +224,9 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump(self.config))
 
     def start(self, wait_ready=True):
+        """Start the daemon; unless told not to, wait until it is ready (see ``ready``)."""
         self.write_config()
+        self._socket = None
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [*self.command, "--config", str(self.config_path)],
@@ -209,21 +234,29 @@ class Daemon:
         )
         log.close()
         if wait_ready:
-            wait_until(lambda: self.subscribed() or self.process.poll() is not None, 20, "the daemon to subscribe")
+            wait_until(lambda: self.process.poll() is not None or self.ready(), 20, "the daemon to be ready")
             assert self.process.poll() is None, self.log()
         return self
+
+    def ready(self):
+        """Whether the status says every worker is alive and the broker granted every topic."""
+        try:
+            status = self.status()
+        except (NotRunning, OSError, ValueError, ConfigError):
+            return False
+        return status["broker"]["subscribed"] and all(w["alive"] for w in status["workers"].values())
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def subscribed(self):
-        return self.log().count("Subscribed to") > self._subscribed_before
+    def mark_connection(self):
+        """Remember the broker connection now, for ``resubscribed``."""
+        self._broker_since = self.status()["broker"]["since"]
 
-    def mark_log(self):
-        """Make subscribed() wait for the next subscription."""
-        self._subscribed_before = self.log().count("Subscribed to")
-
-    _subscribed_before = 0
+    def resubscribed(self):
+        """Whether the daemon connected again since ``mark_connection`` and the broker granted its topics."""
+        broker = self.status()["broker"]
+        return broker["since"] != self._broker_since and broker["connected"] and broker["subscribed"]
 
     def worker_pid(self, name):
         """The pid of a running worker, or None."""
@@ -247,11 +280,17 @@ class Daemon:
         )
         return result.returncode, result.stdout, result.stderr
 
+    def request(self, command, **args):
+        """One request on the daemon's control socket; the decoded reply."""
+        if self._socket is None:
+            self._socket = load_config(str(self.config_path), environ=self.env).control.socket
+        return request(self._socket, command, **args)
+
     def status(self):
-        """The status document, healthy (exit 0) or degraded (exit 1)."""
-        code, out, err = self.ctl("status", "--json")
-        assert code in (0, 1), err
-        return json.loads(out)
+        """The status document (what ``mqttbufferctl status --json`` prints), from the control socket."""
+        reply = self.request("status")
+        assert reply["status"] == "ok", reply
+        return reply["data"]
 
     def store(self):
         """A connection of the test's own to the daemon's store."""

@@ -1,4 +1,4 @@
-"""A QoS 1 test publisher that works with paho-mqtt 1.6.1 and 2.x and knows what the broker took."""
+"""A test publisher for paho-mqtt 1.6.1 and 2.x (QoS 1 unless told otherwise) that knows what the broker took."""
 
 import json
 import time
@@ -7,7 +7,7 @@ import paho.mqtt.client as mqtt
 
 
 class Publisher:
-    def __init__(self, port, topic="test/data"):
+    def __init__(self, port, topic="test/data", username=None, password=None):
         self.topic = topic
         if hasattr(mqtt, "CallbackAPIVersion"):
             self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -16,11 +16,13 @@ class Publisher:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         self.infos = []
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def publish(self, count, rate=None, during=None):
-        """Publish ``count`` messages {"n": i}, at ``rate`` per second if given.
+    def publish(self, count, rate=None, during=None, qos=1):
+        """Publish ``count`` messages {"n": i} with ``qos``, at ``rate`` per second if given.
 
         ``during(n)`` is called before message n, so a test can act in the middle of the stream.
         """
@@ -34,7 +36,7 @@ class Publisher:
                 if ahead > 0:
                     time.sleep(ahead)
             payload = json.dumps({"n": n, "pad": "x" * 150})
-            self.infos.append(self.client.publish(self.topic, payload, qos=1))
+            self.infos.append(self.client.publish(self.topic, payload, qos=qos))
         return self
 
     def accepted(self, timeout=30):

@@ -20,12 +20,13 @@ import sqlite3
 import time
 
 from mqttbuffer import ipc
+from mqttbuffer.delays import scaled
 from mqttbuffer.retention import RetentionGuard
 from mqttbuffer.store import ROW_OVERHEAD, Store
 from mqttbuffer.workers.base import Worker
 
 LINK_NAME = "persister.sock"
-RETRY_COMMIT_AFTER = 1.0
+RETRY_COMMIT_AFTER = scaled(1.0)
 DROP_LOG_INTERVAL = 10.0
 DAY = 86400.0
 # Messages stamped before this wall-clock time were received while the clock was unset (a Pi

@@ -4,11 +4,10 @@ import json
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import assert_all_arrived, wait_until
 from tests.publisher import Publisher
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.paho]
 pytest_plugins = ["tests.brokers"]
 
 
@@ -67,12 +66,12 @@ def test_amqtt_auto_falls_back_to_311_and_a_lost_session_is_loud(amqtt_broker, s
         publisher.close()
     assert daemon.status()["broker"]["protocol"] == "3.1.1"
 
-    daemon.mark_log()
+    daemon.mark_connection()
     amqtt_broker.restart()  # amqtt keeps sessions in memory only
     line = wait_for_log(daemon, "kept no session", 30)
     print(line)
     assert "WARNING" in line and "may be lost at the broker" in line and "persistence true" in line
-    wait_until(daemon.subscribed, 20, "a new subscription")
+    wait_until(daemon.resubscribed, 20, "a new subscription")
     assert daemon.status()["broker"]["sessions_lost"] == 1
 
 
@@ -88,21 +87,21 @@ def test_mqtt5_forced_on_a_311_broker_says_so(amqtt_broker, sink, make_daemon):
 def test_mosquitto_without_persistence_restarting_is_a_loud_session_loss(mosquitto, sink, make_daemon):
     daemon = make_daemon(mosquitto, sink).start()
     assert "(MQTT 5, session present: no)" in daemon.log()
-    daemon.mark_log()
+    daemon.mark_connection()
     mosquitto.stop()
     mosquitto.start()
     line = wait_for_log(daemon, "kept no session", 30)
     assert "WARNING" in line
-    wait_until(daemon.subscribed, 20, "a new subscription")
+    wait_until(daemon.resubscribed, 20, "a new subscription")
     status = daemon.status()["broker"]
     assert status["sessions_lost"] == 1 and status["connected"] and status["session_present"] is False
 
 
 def test_persistent_broker_restart_keeps_the_session_quietly(persistent_mosquitto, sink, make_daemon):
     daemon = make_daemon(persistent_mosquitto, sink).start()
-    daemon.mark_log()
+    daemon.mark_connection()
     persistent_mosquitto.restart()
-    wait_until(daemon.subscribed, 30, "a new subscription")
+    wait_until(daemon.resubscribed, 30, "a new subscription")
     assert "(MQTT 5, session present: yes)" in daemon.log()
     assert "kept no session" not in daemon.log()
     assert daemon.status()["broker"]["sessions_lost"] == 0

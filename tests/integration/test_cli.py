@@ -3,7 +3,6 @@
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,10 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run(*args, timeout=10):
-    start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "mqttbuffer", *args], capture_output=True, text=True,
-                            timeout=timeout, cwd=ROOT)
-    return result, time.monotonic() - start
+    return subprocess.run([sys.executable, "-m", "mqttbuffer", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
 
 
 @pytest.mark.parametrize("text, key", [
@@ -27,9 +24,8 @@ def run(*args, timeout=10):
 def test_bad_config_exits_78_with_one_line(tmp_path, text, key):
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    result, seconds = run("--config", str(path))
+    result = run("--config", str(path))
     assert result.returncode == 78
-    assert seconds < 1.5
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{path}: {key}: " in lines[0], result.stderr
     assert "Traceback" not in result.stderr
@@ -40,13 +36,13 @@ def test_store_that_is_not_a_database_exits_78(tmp_path):
     old.write_text('{"messages": []}')
     path = tmp_path / "config.yaml"
     path.write_text(f"api: {{url: 'http://127.0.0.1:9/x'}}\nbuffer: {{persist_file: '{old}'}}\n")
-    result, _ = run("--config", str(path))
+    result = run("--config", str(path))
     assert result.returncode == 78
     assert "buffer.persist_file" in result.stderr and "not an SQLite database" in result.stderr
 
 
 def test_check_on_the_example_config(tmp_path):
-    result, _ = run("--config", "etc/config.example.yaml", "--check")
+    result = run("--config", "etc/config.example.yaml", "--check")
     assert result.returncode == 0, result.stderr
     assert "broker: tcp://127.0.0.1:1883" in result.stdout
 
@@ -55,7 +51,7 @@ def test_check_shows_no_secret(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("api: {url: 'http://127.0.0.1:9/x', key: 'api-secret-1'}\n"
                     "mqtt: {username: u, password: 'mqtt-secret-2'}\n")
-    result, _ = run("--config", str(path), "--check")
+    result = run("--config", str(path), "--check")
     assert result.returncode == 0
     assert "api-secret-1" not in result.stdout + result.stderr
     assert "mqtt-secret-2" not in result.stdout + result.stderr

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_until
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import assert_all_arrived, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -21,26 +20,28 @@ def requests_between(sink, start, end):
 
 
 def test_503_with_retry_after_is_honoured_and_nothing_is_lost(mosquitto, sink, make_daemon, publisher):
-    sink.status, sink.headers = 503, {"Retry-After": "2"}
-    make_daemon(mosquitto, sink).start()
+    # Retry-After 3 s against backoff steps of a fifth of a second (delays scaled in tests) and a
+    # breaker that never opens: only honouring the header keeps the requests this few.
+    sink.status, sink.headers = 503, {"Retry-After": "3"}
+    make_daemon(mosquitto, sink, circuit_breaker={"max_failures": 100}).start()
     start = time.monotonic()
-    publisher.publish(750, rate=50)  # 15 s of traffic while the API answers 503
+    publisher.publish(300, rate=50)  # 6 s of traffic while the API answers 503
     end = time.monotonic()
     sink.status, sink.headers = 200, {}
     during = requests_between(sink, start, end)
     print(f"{len(during)} requests in {end - start:.1f}s of 503")
-    assert 1 <= len(during) <= 9
-    assert_all_arrived(sink, publisher.accepted(), timeout=90)
+    assert 1 <= len(during) <= 3
+    assert_all_arrived(sink, publisher.accepted(), timeout=30)
 
 
-def test_429_retry_after_5_delays_the_next_request(mosquitto, sink, make_daemon, publisher):
-    sink.plan.append((429, {"Retry-After": "5"}))
+def test_429_retry_after_delays_the_next_request(mosquitto, sink, make_daemon, publisher):
+    sink.plan.append((429, {"Retry-After": "1"}))
     make_daemon(mosquitto, sink).start()
     publisher.publish(20)
     assert_all_arrived(sink, publisher.accepted())
     first, second = sink.requests[0][0], sink.requests[1][0]
     print(f"next request {second - first:.2f}s after the 429")
-    assert sink.requests[0][1] == 429 and second - first >= 5.0
+    assert sink.requests[0][1] == 429 and second - first >= 1.0
 
 
 def test_three_rejected_messages_are_isolated_and_the_rest_delivered(mosquitto, sink, make_daemon, publisher):
@@ -73,7 +74,7 @@ def test_an_api_that_never_answers_is_abandoned_at_the_timeout(mosquitto, sink, 
     wait_until(lambda: len(sink.requests) >= 2, 20, "a second request after the first timed out")
     gap = sink.requests[1][0] - sink.requests[0][0]
     print(f"second request {gap:.2f}s after the first hung")
-    assert 1.0 + 1.6 <= gap < 10
+    assert 1.0 <= gap < 5
     assert re.search(r"API unreachable: (timed out|no complete answer within 1s) from http://127\.0\.0\.1:",
                      daemon.log())
     sink.mode = "answer"
@@ -152,7 +153,7 @@ def test_block_drops_nothing_and_delivers_all_when_the_api_returns(mosquitto, si
 def test_retention_moves_old_messages_to_dead_letters(mosquitto, sink, make_daemon, publisher):
     sink.status = 503
     daemon = make_daemon(mosquitto, sink, circuit_breaker=FAST_BREAKER,
-                         buffer={"message_retention_days": 2 / 86400, "cleanup_interval": 0.5}).start()
+                         buffer={"message_retention_days": 2 / 86400, "cleanup_interval": 1}).start()
     publisher.publish(30).accepted()
     wait_until(lambda: daemon.status()["counters"]["expired"] == 30, 20, "30 expired messages")
     assert "Moved 30 messages older than" in daemon.log()

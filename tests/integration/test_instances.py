@@ -12,8 +12,7 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import wait_until
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import assert_all_arrived, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import WORKERS, wait_until
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import WORKERS, assert_all_arrived, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,12 +51,12 @@ def test_restart_worker_forwarder(mosquitto, sink, make_daemon, publisher):
 
     def restart_midway(n):
         if n == 1000:
-            results["started"] = time.monotonic()
-            results["ctl"] = daemon.ctl("restart-worker", "forwarder")
-            results["ctl_seconds"] = time.monotonic() - results["started"]
+            results["reply"] = daemon.request("restart-worker", name="forwarder")
 
     accepted = publisher.publish(3000, rate=1000, during=restart_midway).accepted()
-    assert results["ctl"][0] == 0 and results["ctl_seconds"] < 2
+    # The command returns at once: the old forwarder is still stopping when the reply comes.
+    assert results["reply"]["status"] == "ok"
+    assert results["reply"]["data"] == {"name": "forwarder", "pid": forwarder, "state": "STOPPING"}
     new = wait_until(lambda: daemon.worker_pid("forwarder") not in (None, forwarder) and daemon.worker_pid("forwarder"),
                      5, "a new forwarder")
     print(f"forwarder {forwarder} -> {new}")
@@ -66,20 +65,20 @@ def test_restart_worker_forwarder(mosquitto, sink, make_daemon, publisher):
     assert daemon.status()["workers"]["forwarder"]["restarts"] == 1
 
 
-def test_random_worker_kills_every_2s_lose_nothing(mosquitto, sink, make_daemon, publisher):
+def test_random_worker_kills_every_second_lose_nothing(mosquitto, sink, make_daemon, publisher):
     daemon = make_daemon(mosquitto, sink).start()
     wait_until(daemon.all_workers_running, 10, "all workers")
     rng, kills = random.Random(7), []
 
-    def kill_every_2s(n):
-        if n and n % 2000 == 0:
+    def kill_every_second(n):
+        if n and n % 1000 == 0:
             running = [(name, daemon.worker_pid(name)) for name in WORKERS]
             name, pid = rng.choice([w for w in running if w[1]])
             os.kill(pid, signal.SIGKILL)
             kills.append(name)
 
-    accepted = publisher.publish(20000, rate=1000, during=kill_every_2s).accepted(timeout=60)
-    assert len(accepted) == 20000
+    accepted = publisher.publish(10000, rate=1000, during=kill_every_second).accepted(timeout=60)
+    assert len(accepted) == 10000
     assert_all_arrived(sink, accepted, timeout=120)
     assert daemon.process.poll() is None
     wait_until(daemon.all_workers_running, 60, "all workers back")
@@ -104,7 +103,7 @@ def test_a_stopped_worker_is_detected_by_its_heartbeat(mosquitto, sink, make_dae
 def test_memory_limit_restarts_the_worker_and_ingestion_goes_on(mosquitto, sink, make_daemon, publisher):
     daemon = make_daemon(mosquitto, sink, limits={"forwarder_memory_mb": 5, "memory_check_interval": 0.3}).start()
     wait_until(lambda: "over the 5 MiB limit for 3 samples" in daemon.log(), 20, "a memory restart")
-    wait_until(lambda: "forwarder" in daemon.log() and "restart in 2s" in daemon.log(), 30, "backoff to grow")
+    wait_until(lambda: daemon.status()["workers"]["forwarder"]["memory_restarts"] >= 2, 30, "a second restart")
     ingestor = daemon.worker_pid("ingestor")
     accepted = publisher.publish(300, rate=300).accepted()
     wait_until(lambda: daemon.status()["counters"]["persisted"] >= 300, 10, "ingestion to keep acking")

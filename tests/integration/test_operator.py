@@ -13,8 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbuffer.store import Store
-from tests.conftest import Mosquitto, free_port, wait_until
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import Mosquitto, assert_all_arrived, free_port, wait_until
 from tests.tls import make_ca, make_server_cert, tls_listener_config
 
 pytestmark = pytest.mark.integration

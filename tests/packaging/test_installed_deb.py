@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.test_pipeline import assert_all_arrived
+from tests.conftest import assert_all_arrived
 
 pytestmark = [
     pytest.mark.integration,
