@@ -159,7 +159,7 @@ class Config(Section):
 
 
 def _strip_json_comments(text):
-    """Remove // line comments that stand outside strings, so the seed's annotated file loads."""
+    """Remove // line comments that stand outside strings, so the Go predecessor's annotated config.json loads."""
     token = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*')
     return token.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
 

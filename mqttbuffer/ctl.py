@@ -1,4 +1,4 @@
-"""``mqttbufferctl``: ask the running daemon for its status or to restart a worker.
+"""``mqttbufferctl``: the daemon's status, restarting a worker, and the dead letters in the store.
 
 ``dead-letters`` works with the daemon stopped too: it then opens the store the config names.
 ``doctor`` needs no daemon: it tries the config's store, broker and API itself (see doctor.py)

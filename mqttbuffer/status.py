@@ -81,7 +81,7 @@ def counters(stats):
 
 
 def stats_line(stats, rates):
-    """The seed's periodic line: pending, oldest age, dead letters, circuit, in/out rates."""
+    """The Go predecessor's periodic line: pending, oldest age, dead letters, circuit, in/out rates."""
     buffer, circuit = buffer_and_circuit(stats, time.time())
     rate_in, rate_out = rates.current()
     oldest = f"{buffer['oldest_age']:.1f}s" if buffer["oldest_age"] is not None else "-"

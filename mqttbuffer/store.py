@@ -12,9 +12,12 @@ message's size is its payload and topic bytes plus ``ROW_OVERHEAD``, about what 
 """
 
 import contextlib
+import logging
 import os
 import sqlite3
 import urllib.parse
+
+log = logging.getLogger("mqttbuffer.store")
 
 BUSY_TIMEOUT_MS = 10_000
 # Every commit rewrites whole pages (the table's last leaf, the id index, the totals row, the
@@ -23,7 +26,8 @@ BUSY_TIMEOUT_MS = 10_000
 PAGE_SIZE = 1024
 # Per connection; SQLite's default is 2 MiB. A large backlog would fill it in both workers.
 CACHE_KIB = 1024
-SCHEMA_VERSION = 1
+# The store's schema version, kept in SQLite's user_version; see _UPGRADES.
+SCHEMA_VERSION = 2
 ROW_OVERHEAD = 100
 EXCERPT_CHARS = 500
 
@@ -73,6 +77,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+# Statements that bring a store of version N (the key) to N + 1, run in the transaction that opens
+# it, before _SCHEMA creates whatever is missing. 1 -> 2: a version 1 store may carry totals
+# triggers that counted payload bytes only (from before a size included the topic and
+# ROW_OVERHEAD), which CREATE TRIGGER IF NOT EXISTS would keep: they are recreated and the totals
+# recounted.
+_UPGRADES = {
+    1: ("DROP TRIGGER IF EXISTS totals_insert", "DROP TRIGGER IF EXISTS totals_delete", "DELETE FROM totals"),
+}
+
+
 class StoreError(Exception):
     """The store file cannot be used (not a database, unwritable directory, ...)."""
 
@@ -97,6 +111,15 @@ class Store:
                 raise StoreError(f"{path}: cannot switch to WAL journal mode (got {mode})")
             db.execute("PRAGMA synchronous = FULL")
             with _transaction(db):
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"{path} was written by a newer mqttbuffer (store schema {version}, this one"
+                                     f" knows up to {SCHEMA_VERSION}); install that version again, or move the"
+                                     " store away")
+                for old in range(version or SCHEMA_VERSION, SCHEMA_VERSION):
+                    for statement in _UPGRADES[old]:
+                        db.execute(statement)
+                    log.info("Upgraded the store %s from schema %d to %d", path, old, old + 1)
                 for statement in _statements(_SCHEMA):
                     db.execute(statement)
                 # Only when the row is missing: counting reads every page of a large backlog.

@@ -38,7 +38,7 @@ from mqttbuffer.workers.persister import Persister
 
 log = logging.getLogger("mqttbuffer.supervisor")
 
-# Stop budget (systemd and the issue allow 10 s): the ingestor first, so it can ack what the
+# Stop budget (the README promises an exit within 10 s): the ingestor first, so it can ack what the
 # persister commits; then the persister; the forwarder may be mid-request and is killed at the end.
 INGESTOR_STOP_GRACE = 6.0
 PERSISTER_STOP_GRACE = 2.0
@@ -65,7 +65,8 @@ class Supervisor:
         self.signals.append(signum)
 
     def run(self):
-        """Run until SIGTERM or SIGINT (or a worker's config error); return the exit code."""
+        """Run until SIGTERM or SIGINT, or until a worker exits with a config error (78); return the
+        exit code. Returns at once (75 or 78) when the control socket cannot be created."""
         try:
             self.control = ControlServer(self.cfg.control.socket, {
                 "status": self.handle_status,

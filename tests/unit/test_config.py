@@ -1,4 +1,4 @@
-"""Config loading: defaults, the seed's file, and one-line errors that name the key."""
+"""Config loading: defaults, the Go predecessor's file, and one-line errors that name the key."""
 
 import json
 
@@ -51,7 +51,7 @@ def write(tmp_path, text, name="config.yaml"):
     return str(path)
 
 
-def test_seed_config_loads_with_and_without_comments(tmp_path):
+def test_go_predecessor_config_loads_with_and_without_comments(tmp_path):
     for name, text in [("with.json", SEED_SHAPED), ("without.json", "\n".join(
             line.split("  //")[0] for line in SEED_SHAPED.splitlines()))]:
         cfg = load_config(write(tmp_path, text, name), environ={})

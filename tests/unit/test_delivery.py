@@ -24,9 +24,9 @@ from mqttbuffer.delivery import (
 )
 
 
-def policy(batch_size=500, max_retries=3, max_failures=5, timeout=30.0, cap=300.0, seed=1, hold_cap=300.0,
+def policy(batch_size=500, max_retries=3, max_failures=5, timeout=30.0, cap=300.0, rng_state=1, hold_cap=300.0,
            duplicates=True):
-    return DeliveryPolicy(batch_size, max_retries, max_failures, timeout, cap, random.Random(seed), hold_cap,
+    return DeliveryPolicy(batch_size, max_retries, max_failures, timeout, cap, random.Random(rng_state), hold_cap,
                           duplicates)
 
 
