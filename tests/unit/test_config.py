@@ -51,14 +51,16 @@ def write(tmp_path, text, name="config.yaml"):
     return str(path)
 
 
-def test_go_predecessor_config_loads_with_and_without_comments(tmp_path):
-    for name, text in [("with.json", SEED_SHAPED), ("without.json", "\n".join(
-            line.split("  //")[0] for line in SEED_SHAPED.splitlines()))]:
-        cfg = load_config(write(tmp_path, text, name), environ={})
-        assert cfg.mqtt.broker == "tcp://broker.example:1883"
-        assert cfg.api.url == "https://your-api.com/endpoint"  # the "//" inside a string is kept
-        assert cfg.buffer.flush_interval == 10 and cfg.buffer.max_size == 1000
-        assert cfg.topics == ["#"] and cfg.logging.level == "info"
+@pytest.mark.parametrize("text", [
+    SEED_SHAPED,
+    "\n".join(line.split("  //")[0] for line in SEED_SHAPED.splitlines()),
+], ids=["with-comments", "without-comments"])
+def test_go_predecessor_config_loads_with_and_without_comments(tmp_path, text):
+    cfg = load_config(write(tmp_path, text, "config.json"), environ={})
+    assert cfg.mqtt.broker == "tcp://broker.example:1883"
+    assert cfg.api.url == "https://your-api.com/endpoint"  # the "//" inside a string is kept
+    assert cfg.buffer.flush_interval == 10 and cfg.buffer.max_size == 1000
+    assert cfg.topics == ["#"] and cfg.logging.level == "info"
 
 
 def test_defaults(tmp_path):
@@ -124,19 +126,30 @@ def test_check_dump_redacts_secrets(tmp_path):
     assert cfg.secrets() == ["p-456", "k-123"]
 
 
-@pytest.mark.parametrize("validator, good, bad", [
-    (v.float_range(0, 10, above=True), [0.1, 3, 10], [0, -1, 10.5, "1", True, float("nan"), float("inf")]),
-    (v.float_range(0, 10), [0, 2.5], [-0.1, None, float("-inf")]),
-    (v.int_range(1, 10), [1, 10], [0, 11, 1.5, False]),
-    (v.valid_broker_url, ["tcp://h", "mqtts://h:8883", "ws://h/mqtt", "wss://h"], ["h:1883", "tcp://", "tcp://h:99999"]),
-    (v.valid_topic_filter, ["#", "a/+/b", "a/#", "+"], ["", "a#", "a/#/b", "a+/b"]),
-])
-def test_validators(validator, good, bad):
-    for value in good:
+VALIDATOR_CASES = [
+    ("float_range(0, 10, above=True)", v.float_range(0, 10, above=True), [0.1, 3, 10],
+     [0, -1, 10.5, "1", True, float("nan"), float("inf")]),
+    ("float_range(0, 10)", v.float_range(0, 10), [0, 2.5], [-0.1, None, float("-inf")]),
+    ("int_range(1, 10)", v.int_range(1, 10), [1, 10], [0, 11, 1.5, False]),
+    ("valid_broker_url", v.valid_broker_url, ["tcp://h", "mqtts://h:8883", "ws://h/mqtt", "wss://h"],
+     ["h:1883", "tcp://", "tcp://h:99999"]),
+    ("valid_topic_filter", v.valid_topic_filter, ["#", "a/+/b", "a/#", "+"], ["", "a#", "a/#/b", "a+/b"]),
+]
+
+
+@pytest.mark.parametrize("validator, value", [
+    pytest.param(validator, value, id=f"{name}-{value!r}") for name, validator, good, _ in VALIDATOR_CASES
+    for value in good])
+def test_validators_accept(validator, value):
+    validator(value)
+
+
+@pytest.mark.parametrize("validator, value", [
+    pytest.param(validator, value, id=f"{name}-{value!r}") for name, validator, _, bad in VALIDATOR_CASES
+    for value in bad])
+def test_validators_refuse(validator, value):
+    with pytest.raises(ValueError):
         validator(value)
-    for value in bad:
-        with pytest.raises(ValueError):
-            validator(value)
 
 
 def test_broker_url_parts():
