@@ -68,3 +68,14 @@ def secret_values(extra):
 
 def redacted(extra):
     return {name: REDACTED if is_secret(name) and text else text for name, text in extra.items()}
+
+
+def skipping_duplicates(headers):
+    """The headers with PostgREST's ``Prefer: resolution=ignore-duplicates`` added (other APIs
+    ignore a preference they do not know, RFC 7240)."""
+    out = dict(headers)
+    name = next((n for n in out if n.lower() == "prefer"), "Prefer")
+    current = out.get(name, "")
+    if "resolution=" not in current:
+        out[name] = f"{current}, resolution=ignore-duplicates" if current else "resolution=ignore-duplicates"
+    return out

@@ -10,7 +10,8 @@ and randomness comes from an injected ``random.Random``, so the policy is tested
 | and any 3xx                                 |             | (no dead letter), breaker failure, back off  |
 |                                             |             | 2, 4, 8 ... s up to ``max_refused_backoff``  |
 | 409                                         | duplicate   | one message: delivered (the API holds its    |
-|                                             |             | id); several: split (as rejected)            |
+|                                             |             | id); several: resent once asking to skip     |
+|                                             |             | held rows, then split (as rejected)          |
 | 413                                         | too large   | split; one message: dead letter too_large    |
 | other 4xx (400, 422, ...)                   | rejected    | split; one message: dead letter rejected     |
 | 408, 429, 502, 503, 504, no answer          | unavailable | back off 2, 4, 8, 16, 32 s (jittered), at    |
@@ -171,6 +172,7 @@ class DeliveryPolicy:
         self.bisecting = False
         self.evidence = False  # a 2xx during the current bisection
         self.accepting = False  # the last answer was a 2xx
+        self.skip_duplicates = False  # send the next requests asking the API to skip rows it holds
 
     def next_attempt_at(self):
         return max(self.not_before, self.breaker.open_until if self.breaker.state == OPEN else 0.0)
@@ -217,6 +219,7 @@ class DeliveryPolicy:
         return Decision(HOLD, wait=max(wait, self.next_attempt_at() - now))
 
     def _delivered(self, grow=True):
+        self.skip_duplicates = False
         self.backoff_step = self.hold_step = 0
         self.not_before = 0.0
         self.accepting = True
@@ -242,6 +245,11 @@ class DeliveryPolicy:
             # A lost answer leaves a run of duplicates at the head: stay at one message per request
             # through it rather than doubling into another 409 each time.
             return self._delivered(grow=False)
+        if kind == DUPLICATE and self.duplicate_is_delivered and not self.skip_duplicates:
+            # A resend after a lost answer: ask once for the rows the API holds to be skipped
+            # (PostgREST's Prefer: resolution=ignore-duplicates) instead of bisecting the batch.
+            self.skip_duplicates = True
+            return Decision(RETRY)
         if kind == DUPLICATE:
             kind = REJECTED
         if kind == DELIVERED:

@@ -148,6 +148,7 @@ class PostgREST:
         self.pg = pg
         self.key = key
         self.on_commit = None
+        self.honours_prefer = True  # False: an API that ignores Prefer (as RFC 7240 allows)
         self.answers = []
         # Like PostgREST's schema cache: a table's columns are looked up once, until it disappears.
         self.schema_cache = {}
@@ -217,7 +218,8 @@ class PostgREST:
             message = f"Could not find the '{unknown[0]}' column of '{table}' in the schema cache"
             return 400, _body("PGRST204", message), {}
         names = ", ".join(f'"{k}"' for k in keys)
-        conflict = " ON CONFLICT DO NOTHING" if "resolution=ignore-duplicates" in headers.get("Prefer", "") else ""
+        skip = self.honours_prefer and "resolution=ignore-duplicates" in headers.get("Prefer", "")
+        conflict = " ON CONFLICT DO NOTHING" if skip else ""
         try:
             source = f'json_populate_recordset(NULL::public."{table}", {literal(json.dumps(rows))}::json)'
             self.pg.sql(f'INSERT INTO public."{table}" ({names}) SELECT {names} FROM {source}{conflict}', role="anon")

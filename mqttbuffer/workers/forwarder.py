@@ -17,7 +17,7 @@ import urllib3
 from mqttbuffer import delivery as d
 from mqttbuffer import ipc
 from mqttbuffer.answers import ApiReport, network_cause
-from mqttbuffer.apiheaders import request_headers
+from mqttbuffer.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.crashguard import CrashGuard
 from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import CIRCUIT_STATES
@@ -53,6 +53,7 @@ class Forwarder(Worker):
             timeout=urllib3.Timeout(connect=min(10.0, api.timeout), read=api.timeout),
         )
         self.headers = request_headers(api.key, api.headers)
+        self.skipping_headers = skipping_duplicates(self.headers)
         self.shape = BodyShape(api.fields, api.constants)
         buffer, breaker = self.cfg.buffer, self.cfg.circuit_breaker
         self.policy = d.DeliveryPolicy(buffer.batch_size, buffer.max_retries, breaker.max_failures,
@@ -179,9 +180,10 @@ class Forwarder(Worker):
         body = self.shape.encode([row[1:7] for row in rows])
         self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
         self.stats.add("requests")
+        headers = self.skipping_headers if self.policy.skip_duplicates else self.headers
         try:
             with request_deadline(self.cfg.api.timeout):
-                response = self.http.request("POST", self.cfg.api.url, body=body, headers=self.headers,
+                response = self.http.request("POST", self.cfg.api.url, body=body, headers=headers,
                                              preload_content=False, redirect=False)
                 try:
                     excerpt = response.read(EXCERPT_BYTES).decode("utf-8", "replace")

@@ -108,8 +108,10 @@ def test_an_endpoint_that_refuses_everything_holds_all_then_delivers_all(phase, 
     assert daemon.ctl("status")[0] == 0 or daemon.status()["api"]["state"] == "ok"
 
 
-def test_a_forwarder_killed_between_the_commit_and_the_answer_leaves_every_row_once(postgrest, postgres, mosquitto,
-                                                                                   make_daemon, publisher):
+@pytest.mark.parametrize("prefer", ["honoured", "ignored"])
+def test_a_forwarder_killed_between_the_commit_and_the_answer_leaves_every_row_once(prefer, postgrest, postgres,
+                                                                                   mosquitto, make_daemon, publisher):
+    postgrest.honours_prefer = prefer == "honoured"
     daemon = api_daemon(make_daemon, mosquitto, postgrest)
     killed = []
 
@@ -124,8 +126,9 @@ def test_a_forwarder_killed_between_the_commit_and_the_answer_leaves_every_row_o
     accepted = publisher.publish(1000, rate=1000).accepted()
     total, distinct = wait_for_rows(postgres, TABLE, len(accepted), timeout=60)
     statuses = postgrest.statuses()
-    print(f"killed after a commit of {killed} rows; {len(statuses)} requests, {statuses.count(409)} answered 409;"
-          f" {distinct} rows, {total - distinct} duplicates, {daemon.store().dead_letter_count()} dead letters")
+    print(f"Prefer {prefer}: killed after a commit of {killed} rows; {len(statuses)} requests,"
+          f" {statuses.count(409)} answered 409; {distinct} rows, {total - distinct} duplicates,"
+          f" {daemon.store().dead_letter_count()} dead letters")
     assert killed and statuses.count(409) >= 1, "the resend met the rows the lost answer had committed"
     assert (total, distinct) == (1000, 1000)
     assert daemon.store().dead_letter_count() == 0

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mqttbuffer.answers import ApiReport, refusal, safe_url
-from mqttbuffer.apiheaders import request_headers
+from mqttbuffer.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.stats import API_STATES, SharedStats
 from mqttbuffer.workers.forwarder import Answer
@@ -98,3 +98,10 @@ def test_status_facts_while_refusing():
         " function name)"
     report.update("unreachable", Answer(None, problem="connection refused"), 2.0, 5, now=1.0)
     assert stats.text("api_error") == "connection refused from http://127.0.0.1:9/rest/v1/t"
+
+
+def test_a_resend_after_a_409_asks_postgrest_to_skip_rows_it_holds():
+    assert skipping_duplicates({"apikey": "k"})["Prefer"] == "resolution=ignore-duplicates"
+    assert skipping_duplicates({"prefer": "return=minimal"}) == \
+        {"prefer": "return=minimal, resolution=ignore-duplicates"}
+    assert skipping_duplicates({"Prefer": "resolution=merge-duplicates"}) == {"Prefer": "resolution=merge-duplicates"}

@@ -220,8 +220,12 @@ def test_a_suspect_at_the_head_becomes_a_dead_letter_only_after_the_next_message
 def test_a_409_for_one_message_counts_as_delivered_unless_configured_otherwise():
     p = policy(batch_size=4)
     assert p.decide(DUPLICATE, seqs(4), 0.0).action == RETRY
+    assert p.skip_duplicates and p.batch_limit() == 4, "first resent whole, asking to skip held rows"
+    assert p.decide(DUPLICATE, seqs(4), 0.0).action == RETRY
+    assert p.batch_limit() == 2, "an API that ignores the preference gets the batch split"
     assert p.decide(DUPLICATE, seqs(2), 0.0).action == RETRY
     assert p.decide(DUPLICATE, [0], 0.0).action == DELETE
+    assert not p.skip_duplicates
     q = policy(batch_size=4, duplicates=False)
     q.decide(DELIVERED, [9], 0.0)
     q.decide(DUPLICATE, seqs(2), 0.0)
