@@ -2,7 +2,8 @@
 
 ``MQTTBUFFER_DELAY_SCALE`` (a number in (0, 1], default 1) multiplies every delay made with
 ``scaled()``: the restart backoff, the delivery backoff steps, the time a worker must stay up to
-count as started, the waits before a stuck commit is tried again. The test suite runs its
+count as started, the waits before a stuck commit is tried again, the graces before ``status``
+calls an outage degraded. The test suite runs its
 daemons at 0.1, so a test of a retry waits tenths of a second instead of the real schedule.
 Timeouts an operator configures (``api.timeout``, ``circuit_breaker.timeout``, ...) are not
 scaled. A daemon started with the variable set says so in its log (``warning()``).

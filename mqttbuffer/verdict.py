@@ -14,10 +14,11 @@ are healthy for ``GRACE`` seconds (a broker restart, one failed request); a refu
 import time
 from typing import NamedTuple
 
+from mqttbuffer.delays import scaled
 from mqttbuffer.stats import API_STATES, CIRCUIT_STATES
 
-GRACE = 15.0            # broker disconnected, API failing, persister blocked: still healthy
-WORKER_GRACE = 10.0     # a worker down, starting or crash-looping for this long is degraded
+GRACE = scaled(15.0)    # broker disconnected, API failing, persister blocked: still healthy
+WORKER_GRACE = scaled(10.0)  # a worker down, starting or crash-looping for this long is degraded
 OLDEST_BOUND = 900.0    # the oldest waiting message older than this is degraded
 FULL_FRACTION = 0.9     # the buffer this full (of buffer.max_size or max_bytes) is degraded
 DISK_FULL_BYTES = 1 << 20  # free space below this on the store's disk counts as full
