@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbuffer.store import Store
 from tests.conftest import Mosquitto, assert_all_arrived, free_port, wait_until
+from tests.integration.test_postgrest import TABLE, postgres, postgrest  # noqa: F401 (fixtures)
 from tests.tls import make_ca, make_server_cert, tls_listener_config
 
 pytestmark = pytest.mark.integration
@@ -100,11 +101,11 @@ def doctor(config):
     return code, out
 
 
-def doctor_config(tmp_path, broker, api_url, **mqtt):
+def doctor_config(tmp_path, broker, api_url, key="wrong-key-4711", **mqtt):
     config = tmp_path / "doctor.yaml"
     config.write_text(yaml.safe_dump({
         "mqtt": {"broker": broker, "connect_timeout": 3, **mqtt},
-        "api": {"url": api_url, "key": "wrong-key-4711"},
+        "api": {"url": api_url, "key": key},
         "buffer": {"persist_file": str(tmp_path / "store" / "buffer.db")},
         "topics": ["test/#"],
     }))
@@ -194,3 +195,17 @@ def test_status_names_an_api_that_refuses_with_401(mosquitto, sink, make_daemon,
     sink.status = 200
     assert_all_arrived(sink, accepted)
     wait_until(lambda: status_text(daemon)[0] == 0, 20, "healthy again")
+
+
+def test_doctor_against_postgrest_names_a_missing_table_and_a_wrong_key(tmp_path, mosquitto, postgrest):  # noqa: F811
+    code, out = doctor(doctor_config(tmp_path, mosquitto.url, postgrest.url("no_such_table"), key=postgrest.key))
+    line, fix = line_and_fix(out, "✘ API")
+    assert code == 1 and "404 Not Found" in line and "PGRST205" in line and "table or function name" in fix
+    assert "✔ broker" in out and "SUBSCRIBE to test/# granted" in out
+    code, out = doctor(doctor_config(tmp_path, mosquitto.url, postgrest.url(TABLE)))
+    line, fix = line_and_fix(out, "✘ API")
+    assert code == 1 and "401 Unauthorized" in line and "fix: check api.key" in fix
+    code, out = doctor(doctor_config(tmp_path, mosquitto.url, postgrest.url(TABLE), key=postgrest.key))
+    # The test receiver answers [] with 400 (real PostgREST may take it): not a failure, a hint.
+    line, fix = line_and_fix(out, "! API")
+    assert code == 0 and "refuses an empty batch [] (400" in line and "probe with one test message" in fix

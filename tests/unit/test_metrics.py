@@ -1,5 +1,9 @@
 """The Prometheus exposition: parsed back by prometheus_client's own parser; the listen address."""
 
+import json
+import pathlib
+import re
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,3 +73,11 @@ def test_listen_ok(text, address):
 def test_listen_fail(text):
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen(text)
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_that_exist():
+    dashboard = json.loads((pathlib.Path(__file__).resolve().parents[2] / "etc" / "grafana-dashboard.json").read_text())
+    exposed = {family.name for family in text_string_to_metric_families(render(DOC))}
+    asked = {name.removesuffix("_total") for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"mqttbuffer_[a-z_]+", target["expr"])}
+    assert asked and asked <= exposed, asked - exposed
