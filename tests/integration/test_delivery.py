@@ -48,7 +48,7 @@ def test_three_rejected_messages_are_isolated_and_the_rest_delivered(mosquitto, 
     bad = {100, 500, 900}
     sink.reject = lambda m: 400 if m["payload"]["n"] in bad else None
     daemon = make_daemon(mosquitto, sink, buffer={"batch_size": 500, "flush_interval": 0.2}).start()
-    accepted = publisher.publish(1000, rate=1000).accepted()
+    accepted = publisher.publish(1000).accepted()
     good = accepted - bad
     wait_until(lambda: good <= set(sink.delivered_numbers()), 60, "997 good messages")
     last_good = max(t for t, status, body, _ in sink.requests if status == 200)
@@ -74,7 +74,7 @@ def test_an_api_that_never_answers_is_abandoned_at_the_timeout(mosquitto, sink, 
     wait_until(lambda: len(sink.requests) >= 2, 20, "a second request after the first timed out")
     gap = sink.requests[1][0] - sink.requests[0][0]
     print(f"second request {gap:.2f}s after the first hung")
-    assert 1.0 <= gap < 5
+    assert 1.0 <= gap < 10
     assert re.search(r"API unreachable: (timed out|no complete answer within 1s) from http://127\.0\.0\.1:",
                      daemon.log())
     sink.mode = "answer"
@@ -205,7 +205,7 @@ def test_a_full_disk_blocks_acking_until_space_returns(small_disk, mosquitto, si
                 f.write(b"\0" * 65536)
         except OSError:
             pass
-    accepted = publisher.publish(2000, rate=1000).accepted()
+    accepted = publisher.publish(2000).accepted()
     wait_until(lambda: "no space left on the device" in daemon.log(), 20, "the disk-full log line")
     assert daemon.status()["buffer"]["blocked"]
     assert daemon.process.poll() is None and daemon.all_workers_running()

@@ -92,7 +92,7 @@ def test_a_stopped_worker_is_detected_by_its_heartbeat(mosquitto, sink, make_dae
     wait_until(daemon.all_workers_running, 10, "all workers")
     forwarder = daemon.worker_pid("forwarder")
     os.kill(forwarder, signal.SIGSTOP)
-    accepted = publisher.publish(500, rate=500).accepted()
+    accepted = publisher.publish(500).accepted()
     new = wait_until(lambda: daemon.worker_pid("forwarder") not in (None, forwarder), 20, "a new forwarder")
     assert new
     assert f"forwarder (pid {forwarder}) sent no heartbeat" in daemon.log()
@@ -105,7 +105,7 @@ def test_memory_limit_restarts_the_worker_and_ingestion_goes_on(mosquitto, sink,
     wait_until(lambda: "over the 5 MiB limit for 3 samples" in daemon.log(), 20, "a memory restart")
     wait_until(lambda: daemon.status()["workers"]["forwarder"]["memory_restarts"] >= 2, 30, "a second restart")
     ingestor = daemon.worker_pid("ingestor")
-    accepted = publisher.publish(300, rate=300).accepted()
+    accepted = publisher.publish(300).accepted()
     wait_until(lambda: daemon.status()["counters"]["persisted"] >= 300, 10, "ingestion to keep acking")
     status = daemon.status()
     assert status["workers"]["forwarder"]["memory_restarts"] >= 2
