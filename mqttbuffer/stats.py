@@ -49,8 +49,9 @@ GAUGES = (
     # handling_last_seq is infinite while it reads a batch whose rows are not known yet
     "handling_first_seq", "handling_last_seq", "handling_count", "handling_bytes",
     "handling_deaths",     # forwarder: deaths in a row while handling a batch of one message
-    "store_read_failed",   # forwarder: 1 when reading the store failed as corrupt (the persister salvages it)
-    "store_generation",    # persister: bumped when the store file was replaced by a salvaged copy
+    "store_read_failed",   # forwarder: 1 + the store_generation it found damaged (0: none); the persister salvages
+    "store_generation",    # persister: odd while it salvages a damaged store (others close it), even after
+    "store_closed_generation",  # forwarder: the store_generation for which it closed the store
 )
 # Short texts (the last error in words), each with one writing process, read by the supervisor.
 TEXTS = (

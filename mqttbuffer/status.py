@@ -72,6 +72,7 @@ def connections(stats):
             "blocked": bool(stats.get("blocked")),
             "last_commit_at": since["last_commit_at"],
             "problem": stats.text("persister_problem"),
+            "store_notice": stats.text("store_notice"),
         },
     }
 

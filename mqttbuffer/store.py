@@ -85,10 +85,21 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 _UPGRADES = {
     1: ("DROP TRIGGER IF EXISTS totals_insert", "DROP TRIGGER IF EXISTS totals_delete", "DELETE FROM totals"),
 }
+# SQLite's result codes for a damaged file: SQLITE_CORRUPT and SQLITE_NOTADB.
+CORRUPTION_CODES = (11, 26)
+_DL_COLUMNS = f"{_COLUMNS}, reason, status, excerpt, dead_at"
+# Looking up every seq between the lowest and highest found costs ~10 us each: 10 s at most.
+SALVAGE_LOOKUP_SPAN = 1_000_000
 
 
 class StoreError(Exception):
     """The store file cannot be used (not a database, unwritable directory, ...)."""
+
+
+def is_corruption(exc):
+    """Whether an sqlite3 error says the file is damaged (not busy, full or unreachable)."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorcode", None) in CORRUPTION_CODES or "malformed" in str(exc))
 
 
 class Store:
@@ -309,6 +320,61 @@ class Store:
         where, args = _id_filter(ids)
         with _transaction(self._db):
             return self._db.execute(f"DELETE FROM dead_letters {where}", args).rowcount
+
+
+    # --- salvage ------------------------------------------------------------------------------
+
+    def readable(self, table, beat=lambda: None):
+        """Every row of ``messages`` or ``dead_letters`` that can still be read, oldest first.
+
+        A damaged page can end a scan early, with or without an error, so the seqs are gathered
+        from scans in both directions and from the id index (a separate b-tree); then every seq
+        between the lowest and the highest found is looked up on its own (a lookup goes straight
+        down the tree and so reaches pages a scan cannot), and a row that cannot be read, or
+        reads as garbage, is skipped."""
+        columns = _COLUMNS if table == "messages" else _DL_COLUMNS
+        seqs = set()
+        queries = [f"SELECT seq FROM {table} ORDER BY seq", f"SELECT seq FROM {table} ORDER BY seq DESC"]
+        if table == "messages":
+            queries.append("SELECT seq FROM messages INDEXED BY sqlite_autoindex_messages_1")
+        for query in queries:
+            beat()
+            with contextlib.suppress(sqlite3.DatabaseError):
+                for (seq,) in self._db.execute(query):
+                    seqs.add(seq)
+        if seqs and max(seqs) - min(seqs) < SALVAGE_LOOKUP_SPAN:
+            seqs = range(min(seqs), max(seqs) + 1)
+        rows = []
+        for n, seq in enumerate(sorted(seqs)):
+            if n % 1000 == 0:
+                beat()
+            with contextlib.suppress(sqlite3.DatabaseError, UnicodeDecodeError):
+                row = self._db.execute(f"SELECT {columns} FROM {table} WHERE seq = ?", (seq,)).fetchone()
+                if row is not None and _plausible(row):
+                    rows.append(row)
+        return rows
+
+    def restore(self, messages, dead_letters):
+        """Fill a fresh store with rows from ``readable`` (in order); return (messages, dead letters) added."""
+        added = [0, 0]
+        for index, (rows, sql) in enumerate((
+                (messages, f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                (dead_letters, f"INSERT INTO dead_letters ({_DL_COLUMNS}) VALUES ({', '.join('?' * 11)})"))):
+            for start in range(0, len(rows), 1000):
+                with _transaction(self._db):
+                    added[index] += self._db.executemany(sql, rows[start:start + 1000]).rowcount
+        return tuple(added)
+
+    def max_seq(self):
+        return self._db.execute("SELECT max(seq) FROM messages").fetchone()[0] or 0
+
+
+def _plausible(row):
+    """Whether a row read from a damaged file has the shape of a message (garbage can read as a row)."""
+    msg_id, topic, payload, qos, retain, received_at, attempts = row[:7]
+    return (isinstance(msg_id, str) and isinstance(topic, str) and isinstance(payload, bytes)
+            and qos in (0, 1) and retain in (0, 1) and isinstance(attempts, int)
+            and isinstance(received_at, (int, float)) and 0 <= received_at < 1e11)
 
 
 def _id_filter(ids):

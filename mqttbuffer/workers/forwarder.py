@@ -7,6 +7,7 @@ message the API refuses, dead letters) is decided by ``delivery.DeliveryPolicy``
 only does the I/O, and ``answers.ApiReport`` tells the operator (log lines, shared stats).
 """
 
+import contextlib
 import logging
 import random
 import sqlite3
@@ -21,7 +22,7 @@ from mqttbuffer.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.crashguard import CrashGuard
 from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import CIRCUIT_STATES
-from mqttbuffer.store import Store
+from mqttbuffer.store import Store, is_corruption
 from mqttbuffer.wire import BodyShape
 from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
@@ -46,6 +47,7 @@ class Forwarder(Worker):
     name = "forwarder"
 
     def setup(self):
+        self.generation = self._wait_for_store()
         self.store = Store.open(self.cfg.buffer.persist_file)
         api = self.cfg.api
         self.http = urllib3.PoolManager(
@@ -84,6 +86,44 @@ class Forwarder(Worker):
             self.guard.quarantined()
 
     def step(self, now):
+        if not self._follow_store():
+            return
+        try:
+            self._step(now)
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            # The persister salvages the store; crashing here would only restart into the same error.
+            if self.stats.get("store_read_failed") != self.generation + 1:
+                self.log.warning("Cannot read the store %s: %s; waiting for the persister to salvage it",
+                                 self.cfg.buffer.persist_file, exc)
+            self.stats.set("store_read_failed", self.generation + 1)
+            self._idle(1.0)
+
+    def _wait_for_store(self):
+        """While the persister salvages the store (odd generation), stay away from the file."""
+        while int(generation := self.stats.get("store_generation")) % 2 and not self.stopping:
+            self.stats.set("store_closed_generation", generation)
+            self.stats.beat(self.name, time.monotonic() + STEP_BUDGET)
+            ipc.wait([self.wake_r], 0.2)
+            self.drain_wakeups()
+        return generation
+
+    def _follow_store(self):
+        """Close the store when the persister asks, reopen it when the salvaged copy is in place."""
+        if self.stats.get("store_generation") == self.generation:
+            return True
+        with contextlib.suppress(sqlite3.Error):
+            self.store.close()
+        self.generation = self._wait_for_store()
+        if self.stopping:
+            return False
+        self.store = Store.open(self.cfg.buffer.persist_file)
+        self.oldest_seq = None
+        self.log.info("Reopened the store %s", self.cfg.buffer.persist_file)
+        return True
+
+    def _step(self, now):
         if now >= self.gauges_at:
             self._update_gauges()
             self.gauges_at = now + GAUGE_INTERVAL

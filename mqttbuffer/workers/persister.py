@@ -22,11 +22,13 @@ import time
 from mqttbuffer import ipc
 from mqttbuffer.delays import scaled
 from mqttbuffer.retention import RetentionGuard
-from mqttbuffer.store import ROW_OVERHEAD, Store
+from mqttbuffer.store import ROW_OVERHEAD, Store, is_corruption
 from mqttbuffer.workers.base import Worker
+from mqttbuffer.workers.storecare import StoreCare
 
 LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = scaled(1.0)
+RETRY_SALVAGE_POLL = 0.2
 DROP_LOG_INTERVAL = 10.0
 DAY = 86400.0
 # Messages stamped before this wall-clock time were received while the clock was unset (a Pi
@@ -40,6 +42,8 @@ class Persister(Worker):
     def setup(self):
         self.store = Store.open(self.cfg.buffer.persist_file)
         self.log.info("Loaded %d messages from disk", self.store.totals()[0])
+        self.care = StoreCare(self)
+        self.care.check_marker()
         self.listener = ipc.Listener(os.path.join(self.links_dir, LINK_NAME))
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
@@ -70,6 +74,10 @@ class Persister(Worker):
             else:
                 self._receive(source)
         now = time.monotonic()
+        if self.care.check(now):
+            self.commit_at = now + RETRY_SALVAGE_POLL
+            return
+        self.care.mark(now)
         if self.uncommitted and self._commit_due(now):
             self._commit(now)
         elif not self.uncommitted:
@@ -147,6 +155,9 @@ class Persister(Worker):
                 keep_upto=self.stats.get("handling_last_seq"),
             )
         except sqlite3.Error as exc:
+            if is_corruption(exc):
+                self.care.check(now, exc)
+                return
             full = "full" in str(exc)
             path = self.cfg.buffer.persist_file
             self._hold(now, "error", f"disk full: {path}" if full else f"cannot commit to {path}: {exc}",
@@ -190,6 +201,9 @@ class Persister(Worker):
             dead_before = wall - buffer.dead_letter_retention_days * DAY if limit is None else 0.0
             forgotten = self.store.trim_dead_letters(dead_before, buffer.dead_letter_max_size)
         except sqlite3.Error as exc:
+            if is_corruption(exc):
+                self.care.check(now, exc)
+                return
             self.log.error("Cleanup of %s failed: %s; trying again in %gs", buffer.persist_file, exc,
                            buffer.cleanup_interval)
             return
@@ -215,4 +229,5 @@ class Persister(Worker):
         for link in self.links:
             link.close()
         self.listener.close()
+        self.care.mark(time.monotonic(), force=True)
         self.store.close()
