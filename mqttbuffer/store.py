@@ -167,42 +167,44 @@ class Store:
 
     # --- the queue ---------------------------------------------------------------------------
 
-    def insert(self, rows, max_count=None, max_bytes=None, keep_upto=0):
+    def insert(self, rows, max_count=None, max_bytes=None, keep_upto=0, keep_count=0):
         """Commit rows of (id, topic, payload, qos, retain, received_at) in one transaction.
 
         If the queue then holds more than max_count messages or max_bytes, the oldest are
-        deleted in the same transaction, except those with seq <= keep_upto (the batch the
-        forwarder is sending: they are not lost, and counting them as dropped would lie).
-        Returns (new rows inserted, rows dropped)."""
+        deleted in the same transaction; those with seq <= keep_upto (the batch the forwarder is
+        sending: not lost, and counting them as dropped would lie) go last. keep_upto infinite
+        means the forwarder is reading a batch not known yet: then the oldest keep_count rows go
+        last. Returns (new rows inserted, rows dropped)."""
         with _transaction(self._db):
             inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO messages (id, topic, payload, qos, retain, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             ).rowcount
-            dropped = self._drop_oldest(max_count, max_bytes, keep_upto) if inserted else 0
+            dropped = self._drop_oldest(max_count, max_bytes, keep_upto, keep_count) if inserted else 0
             return inserted, dropped
 
-    def _drop_oldest(self, max_count, max_bytes, keep_upto):
-        if keep_upto == float("inf"):
-            return 0  # the forwarder is reading: which rows it takes is not known yet
+    def _drop_oldest(self, max_count, max_bytes, keep_upto, keep_count):
         count, size = self.totals()
-        drop = max(0, count - max_count) if max_count else 0
-        if max_bytes and size > max_bytes:
-            excess, freed = size - max_bytes, 0
-            for n, (row_size,) in enumerate(self._db.execute(
-                    f"SELECT {_SIZE % {'row': 'messages'}} FROM messages WHERE seq > ? ORDER BY seq",
-                    (keep_upto,)), start=1):
-                freed += row_size
-                if freed >= excess:
-                    drop = max(drop, n)
+        excess_count = count - max_count if max_count else 0
+        excess_bytes = size - max_bytes if max_bytes else 0
+        if excess_count <= 0 and excess_bytes <= 0:
+            return 0
+        if keep_upto == float("inf"):
+            row = self._db.execute("SELECT seq FROM messages ORDER BY seq LIMIT 1 OFFSET ?",
+                                   (max(0, keep_count - 1),)).fetchone()
+            keep_upto = row[0] if row else 0
+        victims = []
+        for where in ("seq > ?", "seq <= ?"):
+            for seq, row_size in self._db.execute(
+                    f"SELECT seq, {_SIZE % {'row': 'messages'}} FROM messages WHERE {where} ORDER BY seq",
+                    (keep_upto,)):
+                if excess_count <= 0 and excess_bytes <= 0:
                     break
-            else:
-                drop = max(drop, n if freed else 0)
-        if drop:
-            return self._db.execute("DELETE FROM messages WHERE seq IN (SELECT seq FROM messages WHERE seq > ?"
-                                    " ORDER BY seq LIMIT ?)", (keep_upto, drop)).rowcount
-        return 0
+                victims.append((seq,))
+                excess_count, excess_bytes = excess_count - 1, excess_bytes - row_size
+        self._db.executemany("DELETE FROM messages WHERE seq = ?", victims)
+        return len(victims)
 
     def totals(self):
         """(messages waiting, their size in bytes), kept up to date by triggers."""

@@ -57,7 +57,6 @@ def test_a_store_truncated_to_nothing_is_reported(mosquitto, sink, make_daemon, 
     for suffix in ("-wal", "-shm"):
         if os.path.exists(path + suffix):
             os.unlink(path + suffix)
-    daemon.mark_log()
     daemon.start()
     wait_until(lambda: "holds no messages, but 200 were waiting" in daemon.log(), 10, "the loss to be reported")
     assert "holds no messages" in daemon.status()["persister"]["store_notice"]
@@ -74,6 +73,5 @@ def test_a_store_that_lost_its_wal_is_reported(mosquitto, sink, make_daemon, pub
     daemon.process.wait(10)
     wait_until(lambda: not daemon.all_workers_running(), 5, "the workers to go")
     os.unlink(path + "-wal")
-    daemon.mark_log()
     daemon.start()
     wait_until(lambda: "lost its -wal" in daemon.log(), 10, "the loss to be reported")

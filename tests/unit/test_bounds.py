@@ -41,8 +41,12 @@ def test_rows_being_sent_are_not_dropped_nor_counted(store):
     assert (inserted, dropped) == (4, 4)
     left = [r[1] for r in store.oldest(100)]
     assert left[:4] == ["id0", "id1", "id2", "id3"] and "id4" not in left and len(left) == 10
-    # While the forwarder reads a batch whose rows are not known yet, nothing is dropped.
-    assert store.insert(rows(20, 3), max_count=10, keep_upto=float("inf")) == (3, 0)
+    # While the forwarder reads a batch whose rows are not known yet, the oldest batch_size go last.
+    assert store.insert(rows(20, 3), max_count=10, keep_upto=float("inf"), keep_count=5) == (3, 3)
+    left = [r[1] for r in store.oldest(100)]
+    assert left[:5] == ["id0", "id1", "id2", "id3", "id8"] and "id9" not in left and len(left) == 10
+    # The bound holds even when only rows in flight are left to drop.
+    assert store.insert(rows(30, 2), max_count=2, keep_upto=10**9) == (2, 10)
 
 
 def test_a_death_mid_batch_halves_the_next_batches_and_a_message_that_kills_twice_is_quarantined():
