@@ -23,11 +23,14 @@ message on a later connection of the same session, with a packet id we never ack
 topic and payload, is that message again: it gets the same id and the store or the API drops it.
 A session the broker lost empties the map (its packet ids prove nothing any more).
 
-Nothing-more-coming: the persister commits at once when told the stream has paused (no message
-for ``QUIET`` seconds: the broker's window is full or the publishers are idle), or when half of
-a known window (MQTT 5 ``receive_maximum``) waits unconfirmed; otherwise every
-``buffer.commit_interval``. A broker with a window of 10 (RabbitMQ) is then not held to
-10 / commit_interval.
+Nothing-more-coming: the persister commits at once when told the broker's window is full, and
+otherwise every ``buffer.commit_interval``. A full window looks like a stall: messages came as a
+burst (each within ``QUIET`` of the one before), as many are unacked as ever were on this
+connection, and then nothing for ``QUIET``. A publisher that is merely slow or unsteady does not
+look like that, so its messages still share commits (bench: flushing on every pause of 4 ms at
+1,000 msg/s wrote 1,270 instead of 810 bytes per message). Half of a known window (MQTT 5
+``receive_maximum``) waiting unconfirmed also flushes. A broker with a window of 10 (RabbitMQ's
+prefetch) is then not held to 10 / commit_interval.
 
 Bytes in flight are bounded: while the messages held unconfirmed carry more than
 ``mqtt.max_inflight_bytes``, paho stops reading the socket and the broker keeps the rest.
@@ -77,6 +80,9 @@ class Ingestor(Worker):
         self._unacked = {}  # mid -> (generation, id, topic, payload hash) of QoS 1 messages not PUBACKed
         self._held_bytes = 0
         self._last_arrival = 0.0
+        self._burst = False  # the last message came within QUIET of the one before
+        self._outstanding = 0  # QoS 1 messages of this connection not yet PUBACKed
+        self._peak = 0  # the most that were ever outstanding on this connection
         self._unflushed = False  # rows sent since the persister was last told to commit at once
         self._sent_rows = 0  # rows sent and not yet confirmed
         self._taking = True
@@ -100,6 +106,7 @@ class Ingestor(Worker):
         with self._lock:
             self._generation += 1
             self._connected = True
+            self._outstanding = self._peak = 0
             if not session_present:
                 self._unacked.clear()
 
@@ -138,7 +145,11 @@ class Ingestor(Worker):
                 self._unacked[msg.mid] = (self._generation, message_id, topic, digest)
             row = (message_id, topic, payload, msg.qos, int(msg.retain), time.time())
             self._incoming.append((self._generation, msg.mid, msg.qos, row, size))
+            self._burst = now - self._last_arrival < QUIET
             self._last_arrival = now
+            if msg.qos:
+                self._outstanding += 1
+                self._peak = max(self._peak, self._outstanding)
             self._held_bytes += size
             if self._held_bytes > self.cfg.mqtt.max_inflight_bytes:
                 self.broker.pause_reading(True)
@@ -159,9 +170,8 @@ class Ingestor(Worker):
         timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
         if not self._wake_on_message:
             timeout = min(timeout, max(0.0, self._send_again_at - now))
-        quiet_at = self._last_arrival + QUIET
-        if self._unflushed or self._incoming:
-            timeout = min(timeout, max(0.0, quiet_at - now))
+        if (self._incoming or self._unflushed) and self._maybe_stalled():
+            timeout = min(timeout, max(0.0, self._last_arrival + QUIET - now))
         for source in ipc.wait(waiting, timeout):
             if source is self.link:
                 self._receive_confirmations()
@@ -169,9 +179,9 @@ class Ingestor(Worker):
                 self.drain_wakeups()
         now = time.monotonic()
         self.broker.check(now)
-        quiet = now >= self._last_arrival + QUIET
+        stalled = now >= self._last_arrival + QUIET and self._maybe_stalled()
         if (self._wake_on_message or now >= self._send_again_at or len(self._incoming) >= SEND_ROWS
-                or (quiet and self._incoming)):
+                or (stalled and self._incoming)):
             taken = self._take_incoming()
             self._send()
             with self._lock:
@@ -179,10 +189,15 @@ class Ingestor(Worker):
                 # let the next message wake us (no message can slip between: same lock).
                 self._wake_on_message = not taken and not self._incoming
             self._send_again_at = now + SEND_INTERVAL
-        if self._unflushed and self.link is not None and (quiet or self._window_half_full()):
+        if self._unflushed and self.link is not None and (stalled or self._half_window()):
             self._flush()
 
-    def _window_half_full(self):
+    def _maybe_stalled(self):
+        """The broker may be waiting for PUBACKs: the last messages came as a burst and as many
+        are unacked as ever were on this connection (the stall itself is QUIET without a message)."""
+        return self._burst and self._outstanding and self._outstanding >= self._peak
+
+    def _half_window(self):
         window = self.broker.window()
         return window is not None and self._sent_rows * 2 >= window
 
@@ -252,6 +267,7 @@ class Ingestor(Worker):
                     if generation == self._generation:
                         mids.append(mid)
                         self._unacked.pop(mid, None)
+            self._outstanding -= len(mids)
             self.broker.ack_all(mids)
             if self._held_bytes <= self.cfg.mqtt.max_inflight_bytes:
                 self.broker.pause_reading(False)

@@ -1,0 +1,194 @@
+"""Broker scenarios for bench/RESULTS.md ("## Broker scenarios"): loss, re-sent ids and intake.
+
+  kills      mosquitto with its defaults (1,000 queued messages), 1,000 msg/s for 15 s, the ingestor
+             SIGKILLed 3 times 4 s apart -> messages lost
+  restart    20,000 messages queued at a persistent mosquitto for the daemon's session; mosquitto
+             restarted cleanly while they drain -> messages that reached the API a second time
+             with a new id (the API cannot drop those)
+  rabbitmq   a private RabbitMQ node (MQTT 3.1.1, prefetch 10): msg/s taken in by the daemon
+             against a plain paho QoS 1 subscriber on the same node (same publishers)
+
+Usage: .venv/bin/python bench/brokers.py [--only kills restart rabbitmq] [--runs N]
+"""
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+from load import Broker, join, new_client, publish, wait_for  # noqa: E402
+from results import replace_section  # noqa: E402
+from run import Daemon  # noqa: E402
+from sink import FastSink  # noqa: E402
+
+from tests.brokers import RABBITMQ_SERVER, PersistentMosquitto, RabbitMQ  # noqa: E402
+
+
+class IdSink(FastSink):
+    """FastSink that also keeps, per message number, the ids it arrived with."""
+
+    def reset(self):
+        super().reset()
+        with self.lock:
+            self.ids_by_n = collections.defaultdict(set)
+
+    def _record(self, body):
+        super()._record(body)
+        with self.lock:
+            for m in json.loads(body):
+                payload = m.get("payload")
+                if isinstance(payload, dict) and "n" in payload:
+                    self.ids_by_n[payload["n"]].add(m["id"])
+
+    def resent_with_new_id(self):
+        with self.lock:
+            return sum(len(ids) - 1 for ids in self.ids_by_n.values())
+
+    def numbers(self):
+        with self.lock:
+            return len(self.ids_by_n)
+
+
+def connected(daemon):
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", daemon.config, "status", "--json"],
+                            capture_output=True, text=True)
+    return result.returncode in (0, 1) and json.loads(result.stdout or "{}").get("broker", {}).get("connected")
+
+
+def kills(workdir, sink, rate=1000, seconds=15):
+    broker = Broker(workdir, queue_limit=None)  # mosquitto's defaults
+    daemon = Daemon(workdir, broker, sink)
+    daemon.start()
+    sink.reset()
+    procs = publish(broker.port, rate * seconds, rate=rate, processes=1)
+    time.sleep(3)
+    for _ in range(3):
+        os.kill(daemon.worker("ingestor"), signal.SIGKILL)
+        time.sleep(4)
+    join(procs)
+    wait_for(lambda: sink.numbers() >= rate * seconds, 60)
+    lost = rate * seconds - sink.numbers()
+    daemon.stop()
+    broker.stop()
+    return {"lost of 15,000 with 3 ingestor kills 4 s apart": float(lost)}
+
+
+def restart(workdir, sink, count=20000):
+    directory = pathlib.Path(tempfile.mkdtemp(dir=workdir))
+    broker = PersistentMosquitto(directory)
+    broker.start()
+    daemon = Daemon(workdir, broker, sink)
+    daemon.start()
+    wait_for(lambda: connected(daemon), 30)
+    time.sleep(0.5)  # the SUBACK
+    daemon.stop()  # the session stays at the broker; what follows is queued for it
+    join(publish(broker.port, count, processes=2))
+    sink.reset()
+    daemon.start()
+    wait_for(lambda: sink.numbers() >= count // 4, 120)
+    broker.restart()
+    ok = wait_for(lambda: sink.numbers() >= count, 120)
+    resent = sink.resent_with_new_id()
+    daemon.stop()
+    broker.stop()
+    return {"re-sent with a new id after a broker restart, % of 20,000": 100.0 * resent / count if ok else 100.0}
+
+
+def _plain_subscriber_msgs(port, count):
+    client = new_client("plain-baseline")
+    done = [0]
+    client.on_message = lambda *args: done.__setitem__(0, done[0] + 1)
+    client.connect("127.0.0.1", port)
+    client.subscribe("plain/#", qos=1)
+    client.loop_start()
+    wait_for(client.is_connected, 10)
+    time.sleep(1)  # the SUBACK
+    start = time.monotonic()
+    procs = publish(port, count, processes=2, topic="plain/data")
+    ok = wait_for(lambda: done[0] >= count, 300)
+    elapsed = time.monotonic() - start
+    join(procs)
+    client.disconnect()
+    client.loop_stop()
+    return count / elapsed if ok else 0.0
+
+
+def rabbitmq(workdir, sink, count=20000):
+    node = RabbitMQ(pathlib.Path(tempfile.mkdtemp(dir=workdir)))
+    node.start()
+    try:
+        plain = _plain_subscriber_msgs(node.port, count)
+        daemon = Daemon(workdir, node, sink)
+        daemon.start()
+        wait_for(lambda: connected(daemon), 30)
+        time.sleep(0.5)  # the SUBACK
+        sink.reset()
+        start = time.monotonic()
+        procs = publish(node.port, count, processes=2)
+        ok = wait_for(lambda: sink.numbers() >= count, 300)
+        elapsed = time.monotonic() - start
+        join(procs)
+        daemon.stop()
+    finally:
+        node.stop()
+    ours = count / elapsed if ok else 0.0
+    return {"RabbitMQ plain paho subscriber msg/s": plain, "RabbitMQ mqttbuffer msg/s": ours,
+            "RabbitMQ mqttbuffer / plain subscriber": ours / plain if plain else 0.0}
+
+
+TARGETS = {"lost of 15,000 with 3 ingestor kills 4 s apart": ("<=", 0),
+           "re-sent with a new id after a broker restart, % of 20,000": ("<=", 1),
+           "RabbitMQ mqttbuffer / plain subscriber": (">=", 0.5)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--only", nargs="*", help="scenarios to run (default: all)")
+    args = parser.parse_args()
+    sink = IdSink()
+    sink.reset()
+    scenarios = {"kills": kills, "restart": restart, "rabbitmq": rabbitmq}
+    if not os.access(RABBITMQ_SERVER, os.X_OK):
+        print(f"rabbitmq: skipped ({RABBITMQ_SERVER} missing)", file=sys.stderr)
+        del scenarios["rabbitmq"]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="mqttbuffer-bench.") as workdir:
+        for run in range(args.runs):
+            for name, scenario in scenarios.items():
+                if args.only and name not in args.only:
+                    continue
+                print(f"run {run + 1}/{args.runs}: {name}", file=sys.stderr, flush=True)
+                for key, value in scenario(workdir, sink).items():
+                    results.setdefault(key, []).append(value)
+    lines = [f"## Broker scenarios ({time.strftime('%Y-%m-%d')}, `bench/brokers.py`, {args.runs} run(s))", "",
+             subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+             + ("; RabbitMQ " + os.path.basename(os.path.dirname(os.path.dirname(RABBITMQ_SERVER)))
+                if "rabbitmq" in scenarios else ""), "",
+             "| measure | median | min-max | target | met |", "|---|---|---|---|---|"]
+    for key, values in results.items():
+        med = statistics.median(values)
+        target = TARGETS.get(key)
+        met = ""
+        if target:
+            op, goal = target
+            met = "yes" if (med >= goal if op == ">=" else med <= goal) else "no"
+        lines.append(f"| {key} | {med:.2f} | {min(values):.2f}-{max(values):.2f} |"
+                     f" {f'{target[0]} {target[1]}' if target else ''} | {met} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    replace_section(os.path.join(HERE, "RESULTS.md"), "## Broker scenarios", text)
+
+
+if __name__ == "__main__":
+    main()
