@@ -65,7 +65,7 @@ SCHEMA = {
         "qos": (1, _valid_qos),
         "protocol": ("auto", v.one_of("auto", "5", "3.1.1", aliases={"5.0": "5", "311": "3.1.1", "3": "3.1.1"})),
         "connect_timeout": (10.0, v.float_range(0, HOUR, above=True)),
-        "max_inflight_bytes": (16 * 1024 * 1024, v.int_range(64 * 1024, 2**31)),
+        "max_inflight_bytes": (8 * 1024 * 1024, v.int_range(64 * 1024, 2**31)),
         "keepalive": (60, v.int_range(5, 65535)),
         "session_expiry": (7 * 24 * 3600, v.int_range(0, 0xFFFFFFFF)),
         "receive_maximum": (1000, v.int_range(1, 65535)),

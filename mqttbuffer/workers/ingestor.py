@@ -24,11 +24,11 @@ topic and payload, is that message again: it gets the same id and the store or t
 A session the broker lost empties the map (its packet ids prove nothing any more).
 
 Nothing-more-coming: the persister commits at once when told the broker's window is full, and
-otherwise every ``buffer.commit_interval``. A full window looks like a stall: messages came as a
-burst (each within ``QUIET`` of the one before), as many are unacked as ever were on this
-connection, and then nothing for ``QUIET``. A publisher that is merely slow or unsteady does not
-look like that, so its messages still share commits (bench: flushing on every pause of 4 ms at
-1,000 msg/s wrote 1,270 instead of 810 bytes per message). Half of a known window (MQTT 5
+otherwise every ``buffer.commit_interval``. A full window is a ceiling: as many messages are
+unacked as ever were on this connection, a count reached before and never passed, so the broker
+sends nothing more until it gets PUBACKs. A publisher that is merely slow or unsteady pauses at
+any count, so its messages still share commits (bench: flushing on every pause of 4 ms at 1,000
+msg/s wrote 1,270 instead of 810 bytes per message). Half of a known window (MQTT 5
 ``receive_maximum``) waiting unconfirmed also flushes. A broker with a window of 10 (RabbitMQ's
 prefetch) is then not held to 10 / commit_interval.
 
@@ -50,7 +50,6 @@ MAX_BATCH_ROWS = 1000
 MAX_BATCHES_IN_FLIGHT = 8
 SEND_INTERVAL = 0.02
 SEND_ROWS = 100
-QUIET = 0.004
 STOP_CONFIRM_TIMEOUT = 4.0
 
 
@@ -79,10 +78,9 @@ class Ingestor(Worker):
         self._incoming = []  # (generation, mid, qos, row, size) from paho's thread
         self._unacked = {}  # mid -> (generation, id, topic, payload hash) of QoS 1 messages not PUBACKed
         self._held_bytes = 0
-        self._last_arrival = 0.0
-        self._burst = False  # the last message came within QUIET of the one before
         self._outstanding = 0  # QoS 1 messages of this connection not yet PUBACKed
         self._peak = 0  # the most that were ever outstanding on this connection
+        self._peak_hits = 0  # how often _outstanding has reached _peak
         self._unflushed = False  # rows sent since the persister was last told to commit at once
         self._sent_rows = 0  # rows sent and not yet confirmed
         self._taking = True
@@ -106,7 +104,7 @@ class Ingestor(Worker):
         with self._lock:
             self._generation += 1
             self._connected = True
-            self._outstanding = self._peak = 0
+            self._outstanding = self._peak = self._peak_hits = 0
             if not session_present:
                 self._unacked.clear()
 
@@ -126,7 +124,6 @@ class Ingestor(Worker):
         payload = bytes(msg.payload)
         size = len(payload) + len(topic)
         self.stats.add("received")
-        now = time.monotonic()
         with self._lock:
             if not self._taking:
                 # Stopping: not acked, so the broker redelivers it to the next session.
@@ -145,16 +142,18 @@ class Ingestor(Worker):
                 self._unacked[msg.mid] = (self._generation, message_id, topic, digest)
             row = (message_id, topic, payload, msg.qos, int(msg.retain), time.time())
             self._incoming.append((self._generation, msg.mid, msg.qos, row, size))
-            self._burst = now - self._last_arrival < QUIET
-            self._last_arrival = now
             if msg.qos:
                 self._outstanding += 1
-                self._peak = max(self._peak, self._outstanding)
+                if self._outstanding > self._peak:
+                    self._peak, self._peak_hits = self._outstanding, 1
+                elif self._outstanding == self._peak:
+                    self._peak_hits += 1
             self._held_bytes += size
             if self._held_bytes > self.cfg.mqtt.max_inflight_bytes:
                 self.broker.pause_reading(True)
             queued = len(self._incoming)
-            wake = queued == SEND_ROWS or (queued == 1 and self._wake_on_message)
+            # At the ceiling nothing more comes until we ack: send and commit now.
+            wake = queued == SEND_ROWS or (queued == 1 and self._wake_on_message) or self._maybe_stalled()
         if wake:
             self.wake()
 
@@ -170,8 +169,6 @@ class Ingestor(Worker):
         timeout = 0.5 if self.link else min(0.5, self.reconnector.seconds_to_next_try(now) + 0.001)
         if not self._wake_on_message:
             timeout = min(timeout, max(0.0, self._send_again_at - now))
-        if (self._incoming or self._unflushed) and self._maybe_stalled():
-            timeout = min(timeout, max(0.0, self._last_arrival + QUIET - now))
         for source in ipc.wait(waiting, timeout):
             if source is self.link:
                 self._receive_confirmations()
@@ -179,7 +176,7 @@ class Ingestor(Worker):
                 self.drain_wakeups()
         now = time.monotonic()
         self.broker.check(now)
-        stalled = now >= self._last_arrival + QUIET and self._maybe_stalled()
+        stalled = self._maybe_stalled()
         if (self._wake_on_message or now >= self._send_again_at or len(self._incoming) >= SEND_ROWS
                 or (stalled and self._incoming)):
             taken = self._take_incoming()
@@ -193,9 +190,9 @@ class Ingestor(Worker):
             self._flush()
 
     def _maybe_stalled(self):
-        """The broker may be waiting for PUBACKs: the last messages came as a burst and as many
-        are unacked as ever were on this connection (the stall itself is QUIET without a message)."""
-        return self._burst and self._outstanding and self._outstanding >= self._peak
+        """The broker is likely waiting for PUBACKs: as many are unacked as ever were on this
+        connection, a count reached before and never passed."""
+        return self._outstanding and self._outstanding >= self._peak and self._peak_hits >= 2
 
     def _half_window(self):
         window = self.broker.window()

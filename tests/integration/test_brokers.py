@@ -2,6 +2,7 @@
 
 import json
 
+import psutil
 import pytest
 
 from tests.conftest import assert_all_arrived, wait_until
@@ -142,3 +143,33 @@ def test_shared_subscription_scales_out_and_a_killed_instance_loses_nothing(tmp_
     assert_all_arrived(sink, accepted)
     duplicates = len(sink.delivered_numbers()) - len(set(sink.delivered_numbers()))
     print(f"shared subscription: {len(accepted)} accepted, all delivered, {duplicates} duplicates")
+
+
+def test_big_messages_queued_at_the_broker_do_not_swell_the_ingestor(mosquitto, sink, make_daemon):
+    """20 x 4 MB waiting in the session: the ingestor holds about mqtt.max_inflight_bytes (8 MiB) of
+    them at a time and lets the broker keep the rest."""
+    daemon = make_daemon(mosquitto, sink, buffer={"max_bytes": 512 * 1024 * 1024}).start()
+    daemon.terminate()
+    publisher = Publisher(mosquitto.port)
+    try:
+        for n in range(20):
+            publisher.infos.append(publisher.client.publish("test/big", b"%03d" % n + b"x" * (4 * 1024 * 1024), qos=1))
+        assert len(publisher.accepted(timeout=60)) == 20
+    finally:
+        publisher.close()
+    daemon.start(wait_ready=False)
+    peak = [0]
+
+    def all_arrived():
+        pid = daemon.worker_pid("ingestor")
+        if pid:
+            try:
+                peak[0] = max(peak[0], psutil.Process(pid).memory_info().rss)
+            except psutil.NoSuchProcess:
+                pass
+        return len({m["payload"][:3] for m in sink.delivered()}) == 20
+
+    wait_until(all_arrived, 90, "20 big messages", interval=0.02)
+    print(f"ingestor peak RSS {peak[0] / 1048576:.0f} MiB for 20 x 4 MiB")
+    assert peak[0] < 100 * 1048576
+    assert daemon.status()["workers"]["ingestor"]["restarts"] == 0
