@@ -76,6 +76,16 @@ def test_amqtt_auto_falls_back_to_311_and_a_lost_session_is_loud(amqtt_broker, s
     assert daemon.status()["broker"]["sessions_lost"] == 1
 
 
+def test_amqtt_with_311_configured(amqtt_broker, sink, make_daemon):
+    daemon = make_daemon(amqtt_broker, sink, mqtt={"protocol": "3.1.1"}).start()
+    assert "Cannot connect" not in daemon.log()
+    publisher = Publisher(amqtt_broker.port)
+    try:
+        assert_all_arrived(sink, publisher.publish(50).accepted())
+    finally:
+        publisher.close()
+
+
 def test_mqtt5_forced_on_a_311_broker_says_so(amqtt_broker, sink, make_daemon):
     daemon = make_daemon(amqtt_broker, sink, mqtt={"protocol": "5", "connect_timeout": 3}).start(wait_ready=False)
     line = wait_for_log(daemon, "Cannot connect to MQTT broker", 30)
@@ -98,14 +108,26 @@ def test_mosquitto_without_persistence_restarting_is_a_loud_session_loss(mosquit
     assert status["sessions_lost"] == 1 and status["connected"] and status["session_present"] is False
 
 
-def test_persistent_broker_restart_keeps_the_session_quietly(persistent_mosquitto, sink, make_daemon):
+def test_persistent_broker_restart_keeps_the_session_quietly_and_sends_no_retained_again(
+        persistent_mosquitto, sink, make_daemon):
+    publisher = Publisher(persistent_mosquitto.port)
+    publisher.client.publish("test/state", b"on", qos=1, retain=True).wait_for_publish(10)
+    publisher.close()
     daemon = make_daemon(persistent_mosquitto, sink).start()
+    wait_until(sink.delivered, 20, "the retained message")
     daemon.mark_connection()
     persistent_mosquitto.restart()
     wait_until(daemon.resubscribed, 30, "a new subscription")
     assert "(MQTT 5, session present: yes)" in daemon.log()
     assert "kept no session" not in daemon.log()
     assert daemon.status()["broker"]["sessions_lost"] == 0
+    publisher = Publisher(persistent_mosquitto.port)
+    try:
+        assert_all_arrived(sink, publisher.publish(10).accepted())
+    finally:
+        publisher.close()
+    retained = [m for m in sink.delivered() if m["topic"] == "test/state"]
+    assert len(retained) == 1, "MQTT 5 retain handling: a kept session's resubscribe brings no retained copy"
 
 
 def test_rabbitmq_311_auto_delivers(rabbitmq, sink, make_daemon):
