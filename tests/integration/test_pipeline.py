@@ -35,13 +35,13 @@ def test_sigkill_of_the_whole_daemon_loses_nothing(mosquitto, sink, make_daemon,
     daemon = make_daemon(mosquitto, sink).start()
 
     def kill_midway(n):
-        if n == 2000:
+        if n == 1000:
             daemon.kill_group()
-        if n == 3000:
+        if n == 2000:
             daemon.start(wait_ready=False)
 
-    accepted = publisher.publish(5000, rate=1000, during=kill_midway).accepted()
-    assert len(accepted) == 5000
+    accepted = publisher.publish(3000, rate=1000, during=kill_midway).accepted()
+    assert len(accepted) == 3000
     assert_all_arrived(sink, accepted)
 
 
@@ -53,11 +53,11 @@ def test_sigkill_of_one_worker_loses_nothing(worker, mosquitto, sink, make_daemo
     others = {name: daemon.worker_pid(name) for name in ("ingestor", "persister", "forwarder") if name != worker}
 
     def kill_midway(n):
-        if n == 1500:
+        if n == 1000:
             os.kill(before, signal.SIGKILL)
 
-    accepted = publisher.publish(4000, rate=1000, during=kill_midway).accepted()
-    assert len(accepted) == 4000
+    accepted = publisher.publish(2500, rate=1000, during=kill_midway).accepted()
+    assert len(accepted) == 2500
     assert_all_arrived(sink, accepted)
     replacement = wait_until(lambda: daemon.worker_pid(worker), 10, f"a new {worker}")
     assert replacement != before
@@ -84,17 +84,17 @@ def test_sigterm_under_load_exits_0_quickly_and_loses_nothing(mosquitto, sink, m
     results = {}
 
     def stop_midway(n):
-        if n == 2000:
+        if n == 1000:
             results["exit"] = daemon.terminate()
-        if n == 3000:
+        if n == 2000:
             daemon.start(wait_ready=False)
 
-    accepted = publisher.publish(5000, rate=1000, during=stop_midway).accepted()
+    accepted = publisher.publish(3000, rate=1000, during=stop_midway).accepted()
     code, seconds = results["exit"]
     assert code == 0, daemon.log()
     assert seconds < 10
     print(f"SIGTERM under load: exit {code} after {seconds:.2f}s")
-    assert len(accepted) == 5000
+    assert len(accepted) == 3000
     assert_all_arrived(sink, accepted)
 
 
