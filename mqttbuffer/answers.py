@@ -148,7 +148,7 @@ class ApiReport:
             self._set(state, answer.status, why)
             if state == "refusing":
                 self.log.error("API refuses every request: %s; holding %d messages (none dead-lettered),"
-                               " next try in %.0fs", why, pending, wait)
+                               " next try in %.1fs", why, pending, wait)
             else:
                 self.log.warning("API %s: %s; retrying in %.1fs", state, why, wait)
             return
