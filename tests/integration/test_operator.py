@@ -67,7 +67,8 @@ def test_metrics_parse_and_match_status_json(mosquitto, sink, make_daemon, publi
     sink.reject = lambda m: 400 if m["payload"]["n"] == 0 else None
     publisher.publish(20)
     assert_all_arrived(sink, publisher.accepted() - {0})
-    status = wait_until(lambda: (s := daemon.status())["counters"]["delivered"] == 19 and s, 10, "counters")
+    status = wait_until(lambda: (s := daemon.status())["counters"]["delivered"] == 19 and not s["buffer"]["pending"]
+                        and s["buffer"]["dead_letters"] == 1 and s, 10, "counters and gauges to settle")
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
