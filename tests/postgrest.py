@@ -23,6 +23,7 @@ import glob
 import http.server
 import json
 import os
+import pathlib
 import pwd
 import re
 import secrets
@@ -30,6 +31,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
+
+import pytest
 
 from tests.conftest import free_port, wait_until
 
@@ -241,4 +244,29 @@ def wait_for_rows(pg, table, count, timeout=60):
         rows = pg.sql(f'SELECT count(*), count(DISTINCT id) FROM public."{table}"')[0]
         return (int(rows[0]), int(rows[1])) if int(rows[0]) >= count else None
     return wait_until(enough, timeout, f"{count} rows in {table}", interval=0.1)
+
+
+SQL = pathlib.Path(__file__).parents[1] / "examples" / "supabase" / "mqtt_messages.sql"
+TABLE = "mqtt_messages"
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL holding the example Supabase table (skipped when not installed)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL binaries (initdb) on this machine: apt-get install postgresql")
+    pg = PostgreSQL(bindir).start()
+    pg.sql(SQL.read_text())
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def postgrest(postgres):
+    """A PostgREST-faithful receiver over an emptied table."""
+    postgres.sql(f"TRUNCATE public.{TABLE}")
+    receiver = PostgREST(postgres)
+    yield receiver
+    receiver.close()
 

@@ -9,7 +9,6 @@ from tests.conftest import assert_all_arrived, wait_until
 from tests.publisher import Publisher
 
 pytestmark = [pytest.mark.integration, pytest.mark.paho]
-pytest_plugins = ["tests.brokers"]
 
 
 def status_exit(daemon):

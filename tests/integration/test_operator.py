@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbuffer.store import Store
 from tests.conftest import Mosquitto, assert_all_arrived, free_port, wait_until
-from tests.integration.test_postgrest import TABLE, postgres, postgrest  # noqa: F401 (fixtures)
+from tests.postgrest import TABLE
 from tests.tls import make_ca, make_server_cert, tls_listener_config
 
 pytestmark = pytest.mark.integration
@@ -198,7 +198,7 @@ def test_status_names_an_api_that_refuses_with_401(mosquitto, sink, make_daemon,
     wait_until(lambda: status_text(daemon)[0] == 0, 20, "healthy again")
 
 
-def test_doctor_against_postgrest_names_a_missing_table_and_a_wrong_key(tmp_path, mosquitto, postgrest):  # noqa: F811
+def test_doctor_against_postgrest_names_a_missing_table_and_a_wrong_key(tmp_path, mosquitto, postgrest):
     code, out = doctor(doctor_config(tmp_path, mosquitto.url, postgrest.url("no_such_table"), key=postgrest.key))
     line, fix = line_and_fix(out, "✘ API")
     assert code == 1 and "404 Not Found" in line and "PGRST205" in line and "table or function name" in fix

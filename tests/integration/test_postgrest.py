@@ -4,7 +4,6 @@ delivered, mixed payloads make one shape per body. The table is examples/supabas
 
 import json
 import os
-import pathlib
 import signal
 import types
 
@@ -12,32 +11,11 @@ import pytest
 
 from mqttbuffer.wire import BodyShape
 from tests.conftest import wait_until
-from tests.postgrest import PgError, PostgreSQL, PostgREST, literal, postgres_bindir, wait_for_rows
+from tests.postgrest import TABLE, PgError, literal, wait_for_rows
 
 pytestmark = pytest.mark.integration
 
-SQL = pathlib.Path(__file__).parents[2] / "examples" / "supabase" / "mqtt_messages.sql"
-TABLE = "mqtt_messages"
 FAST_HOLD = {"max_failures": 3, "timeout": 1}
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL binaries (initdb) on this machine: apt-get install postgresql")
-    pg = PostgreSQL(bindir).start()
-    pg.sql(SQL.read_text())
-    yield pg
-    pg.stop()
-
-
-@pytest.fixture
-def postgrest(postgres):
-    postgres.sql(f"TRUNCATE public.{TABLE}")
-    receiver = PostgREST(postgres)
-    yield receiver
-    receiver.close()
 
 
 def api_daemon(make_daemon, mosquitto, receiver, table=TABLE, **api):

@@ -13,7 +13,6 @@ from tests.tls import make_ca, make_server_cert
 from tests.wsbridge import WebSocketBridge
 
 pytestmark = [pytest.mark.integration, pytest.mark.paho]
-pytest_plugins = ["tests.brokers"]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import threading
 import pytest
 
 from tests.conftest import WORKERS, assert_all_arrived, wait_until
-from tests.oldstore import previous_store
+from tests.stores import previous_store
 
 pytestmark = pytest.mark.integration
 

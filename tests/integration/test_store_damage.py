@@ -7,9 +7,8 @@ import signal
 import pytest
 
 from mqttbuffer.store import Store
-from tests.conftest import wait_until
-from tests.integration.test_pipeline import assert_all_arrived
-from tests.unit.test_salvage import damage
+from tests.conftest import assert_all_arrived, wait_until
+from tests.stores import damage
 
 pytestmark = pytest.mark.integration
 

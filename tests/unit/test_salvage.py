@@ -2,7 +2,6 @@
 a store that lost what the last run left is noticed."""
 
 import os
-import random
 import sqlite3
 import time
 
@@ -11,6 +10,7 @@ import pytest
 from mqttbuffer.marker import loss, read_marker, write_marker
 from mqttbuffer.salvage import salvage
 from mqttbuffer.store import Store, is_corruption
+from tests.stores import damage
 
 
 def fill(path, count=3000):
@@ -19,13 +19,6 @@ def fill(path, count=3000):
     store.insert([(f"id{n}", "t/a", b'{"n": %d, "pad": "%s"}' % (n, b"x" * 150), 1, 0, stamp) for n in range(count)])
     store.dead_letter([1, 2], "rejected", stamp, 400, "no")
     store.close()  # checkpoints: everything is in the main file
-
-
-def damage(path, size=16 * 1024, seed=5):
-    """Garbage over ``size`` bytes in the middle of the file, as a failing SD card leaves it."""
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        f.write(random.Random(seed).randbytes(size))
 
 
 def test_a_damaged_page_is_salvaged_row_by_row(tmp_path):

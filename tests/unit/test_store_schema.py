@@ -7,7 +7,7 @@ import pytest
 
 from mqttbuffer import store as store_module
 from mqttbuffer.store import ROW_OVERHEAD, SCHEMA_VERSION, Store, StoreError
-from tests.oldstore import previous_store
+from tests.stores import previous_store
 
 
 def user_version(path):

@@ -1,5 +1,8 @@
-"""A store as schema version 1 wrote it, for the upgrade tests."""
+"""Stores in the states tests need: written by schema version 1 (upgrades), damaged as a failing
+SD card leaves them (salvage)."""
 
+import os
+import random
 import sqlite3
 import time
 
@@ -32,3 +35,10 @@ def previous_store(path, messages=3):
                    [(f"old{n}", "tele/é", b'{"n": %d}' % n, time.time()) for n in range(messages)])
     db.commit()
     db.close()
+
+
+def damage(path, size=16 * 1024, rng_state=5):
+    """Garbage over ``size`` bytes in the middle of the file, as a failing SD card leaves it."""
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        f.write(random.Random(rng_state).randbytes(size))
