@@ -7,6 +7,9 @@
              with a new id (the API cannot drop those)
   rabbitmq   a private RabbitMQ node (MQTT 3.1.1, prefetch 10): msg/s taken in by the daemon
              against a plain paho QoS 1 subscriber on the same node (same publishers)
+  diagnose   with default settings, a port that accepts TCP and never answers, a TLS broker
+             whose CA is not trusted, MQTT 5 forced on amqtt (3.1.1 only) -> seconds until the
+             WARNING naming the cause, and until ``mqttbufferctl status`` exits non-zero
 
 Usage: .venv/bin/python bench/brokers.py [--only kills restart rabbitmq] [--runs N]
 """
@@ -30,12 +33,13 @@ from paho.mqtt.properties import Properties
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+import yaml  # noqa: E402
 from load import Broker, join, new_client, publish, wait_for  # noqa: E402
 from results import replace_section  # noqa: E402
 from run import Daemon  # noqa: E402
 from sink import FastSink  # noqa: E402
 
-from tests.brokers import RABBITMQ_SERVER, PersistentMosquitto, RabbitMQ  # noqa: E402
+from tests.brokers import RABBITMQ_SERVER, Amqtt, PersistentMosquitto, RabbitMQ, SilentPort, TlsMosquitto  # noqa: E402
 
 
 class IdSink(FastSink):
@@ -181,6 +185,74 @@ def rabbitmq(workdir, sink, count=20000):
             "RabbitMQ mqttbuffer / plain subscriber": ours / plain if plain else 0.0}
 
 
+def _until_diagnosed(workdir, sink, mqtt_cfg):
+    """Seconds until the daemon logs why it cannot connect, and until status exits non-zero."""
+    directory = tempfile.mkdtemp(dir=workdir)
+    config = os.path.join(directory, "config.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump({"mqtt": {"client_id": "bench-diagnose", **mqtt_cfg}, "api": {"url": sink.url},
+                        "buffer": {"persist_file": os.path.join(directory, "buffer.db")},
+                        "logging": {"stats_interval": 0}}, f)
+    log_path = os.path.join(directory, "daemon.log")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "mqttbuffer", "--config", config], stdout=log, stderr=log,
+                                   start_new_session=True)
+    start = time.monotonic()
+    logged = status = None
+    while time.monotonic() - start < 60 and (logged is None or status is None):
+        if logged is None and "Cannot connect to MQTT broker" in open(log_path).read():
+            logged = time.monotonic() - start
+        if status is None and subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", config, "status"],
+                                             capture_output=True).returncode not in (0, 3):
+            status = time.monotonic() - start
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(20)
+    line = next((x for x in open(log_path).read().splitlines() if "Cannot connect" in x), "")
+    print(line, file=sys.stderr)
+    return logged or 60.0, status or 60.0
+
+
+def diagnose(workdir, sink):
+    results = {}
+    silent = SilentPort()
+    cases = [("silent port", lambda: {"broker": silent.url})]
+    tls = TlsMosquitto(pathlib.Path(tempfile.mkdtemp(dir=workdir)))
+    tls.start()
+    cases.append(("untrusted TLS", lambda: {"broker": tls.url}))
+    amqtt = None
+    if os.path.exists(os.path.join(os.path.dirname(sys.executable), "amqtt")):
+        amqtt = Amqtt(pathlib.Path(tempfile.mkdtemp(dir=workdir)))
+        amqtt.start()
+        cases.append(("MQTT 5 forced on amqtt", lambda: {"broker": amqtt.url, "protocol": "5"}))
+    try:
+        for name, cfg in cases:
+            logged, status = _until_diagnosed(workdir, sink, cfg())
+            results[f"{name}: s to the WARNING with the cause"] = logged
+            results[f"{name}: s to status exit non-zero"] = status
+            TARGETS[f"{name}: s to the WARNING with the cause"] = ("<=", 30)
+            TARGETS[f"{name}: s to status exit non-zero"] = ("<=", 30)
+    finally:
+        silent.close()
+        tls.stop()
+        if amqtt:
+            amqtt.stop()
+    return results
+
+
+NOTES = """\
+Re-sent with a new id: the ingestor gives a redelivered message its first id when it never
+PUBACKed it (same packet id, topic and payload on a later connection of the same session); in
+instrumented runs that was 230-444 messages per restart. What is left are messages whose PUBACK the
+ingestor sent after mosquitto had stopped reading (on SIGTERM it writes its store, then closes the
+connections): mosquitto redelivers them. Their packet ids were acknowledged, and a broker may give
+an acknowledged packet id to another message, so matching them by content could drop a distinct
+message with the same topic and payload: they get new ids (the API sees them as new). A plain
+subscriber acks on receipt, so fewer of its acks fall in that gap; mqttbuffer acks after the
+commit (tens of ms later during a drain). Before: 1,305 of 20,000 (6.5 %).
+"""
+
+
 TARGETS = {"lost of 15,000 with 3 ingestor kills 4 s apart": ("<=", 0),
            "re-sent with a new id after a broker restart, % of 20,000": ("<=", 1),
            "RabbitMQ mqttbuffer / plain subscriber": (">=", 0.5)}
@@ -193,7 +265,7 @@ def main():
     args = parser.parse_args()
     sink = IdSink()
     sink.reset()
-    scenarios = {"kills": kills, "restart": restart, "rabbitmq": rabbitmq}
+    scenarios = {"kills": kills, "restart": restart, "rabbitmq": rabbitmq, "diagnose": diagnose}
     if not os.access(RABBITMQ_SERVER, os.X_OK):
         print(f"rabbitmq: skipped ({RABBITMQ_SERVER} missing)", file=sys.stderr)
         del scenarios["rabbitmq"]
@@ -220,7 +292,7 @@ def main():
             met = "yes" if (med >= goal if op == ">=" else med <= goal) else "no"
         lines.append(f"| {key} | {med:.2f} | {min(values):.2f}-{max(values):.2f} |"
                      f" {f'{target[0]} {target[1]}' if target else ''} | {met} |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n\n" + NOTES
     print(text)
     replace_section(os.path.join(HERE, "RESULTS.md"), "## Broker scenarios", text)
 
