@@ -8,6 +8,7 @@ secret: URLs lose their user info and query string, and network errors become a 
 import errno
 import http
 import http.client
+import json
 import socket
 import ssl
 import time
@@ -63,8 +64,22 @@ def refusal(status, url, location=None, body=""):
         fix = f"api.url redirects to {where}: set api.url to the final URL"
     else:
         fix = HINTS.get(status) or (FAILED_HINT if status >= 500 else REJECTED_HINT)
-    said = f" ({body})" if body and status not in HINTS else ""
+    said = f" ({body})" if body else ""
     return f"{status_words(status)} from {safe_url(url)}{said}: {fix}"
+
+
+def api_message(text, status):
+    """What an answer's body says, for the refusal line: the ``message`` of a JSON error body
+    (PostgREST, Supabase, most JSON APIs), else its start when no fix is known for the status."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict):
+        words = value.get("message") or value.get("error") or value.get("msg")
+        if isinstance(words, str):
+            return body_excerpt(words, 120)
+    return "" if status in HINTS else body_excerpt(text)
 
 
 def body_excerpt(text, limit=160):
@@ -162,7 +177,7 @@ class ApiReport:
 
     def _why(self, state, answer):
         if state == "refusing":
-            return refusal(answer.status, self.url, answer.location, body_excerpt(answer.excerpt))
+            return refusal(answer.status, self.url, answer.location, api_message(answer.excerpt, answer.status))
         said = answer.problem if answer.status is None else status_words(answer.status)
         return f"{said} from {safe_url(self.url)}"
 

@@ -11,7 +11,9 @@ and randomness comes from an injected ``random.Random``, so the policy is tested
 |                                             |             | 2, 4, 8 ... s up to ``max_refused_backoff``  |
 | 409                                         | duplicate   | one message: delivered (the API holds its    |
 |                                             |             | id); several: resent once asking to skip     |
-|                                             |             | held rows, then split (as rejected)          |
+|                                             |             | held rows (Prefer: resolution=ignore-        |
+|                                             |             | duplicates); refused or ignored: never asked |
+|                                             |             | again, split (as rejected)                   |
 | 413                                         | too large   | split; one message: dead letter too_large    |
 | other 4xx (400, 422, ...)                   | rejected    | split; one message: dead letter rejected     |
 | 408, 429, 502, 503, 504, no answer          | unavailable | back off 2, 4, 8, 16, 32 s (jittered), at    |
@@ -172,7 +174,8 @@ class DeliveryPolicy:
         self.bisecting = False
         self.evidence = False  # a 2xx during the current bisection
         self.accepting = False  # the last answer was a 2xx
-        self.skip_duplicates = False  # send the next requests asking the API to skip rows it holds
+        self.skip_duplicates = False  # the next request asks the API to skip rows it holds
+        self.skip_refused = False  # the API answered such a request with a refusal or a 409
 
     def next_attempt_at(self):
         return max(self.not_before, self.breaker.open_until if self.breaker.state == OPEN else 0.0)
@@ -219,7 +222,6 @@ class DeliveryPolicy:
         return Decision(HOLD, wait=max(wait, self.next_attempt_at() - now))
 
     def _delivered(self, grow=True):
-        self.skip_duplicates = False
         self.backoff_step = self.hold_step = 0
         self.not_before = 0.0
         self.accepting = True
@@ -241,11 +243,17 @@ class DeliveryPolicy:
 
         ``attempts_after``: the single message's attempt count including this one (FAILED only);
         ``note``: kept with a suspect and handed back when it becomes a dead letter."""
+        skipping, self.skip_duplicates = self.skip_duplicates, False
+        if skipping and kind in (REFUSED, REJECTED, TOO_LARGE, DUPLICATE):
+            # The API will not skip held rows (PostgREST under a row-level security policy without
+            # SELECT answers 401/403; others may ignore the preference): never ask again.
+            self.skip_refused = True
+            kind = DUPLICATE
         if kind == DUPLICATE and len(seqs) == 1 and self.duplicate_is_delivered:
             # A lost answer leaves a run of duplicates at the head: stay at one message per request
             # through it rather than doubling into another 409 each time.
             return self._delivered(grow=False)
-        if kind == DUPLICATE and self.duplicate_is_delivered and not self.skip_duplicates:
+        if kind == DUPLICATE and self.duplicate_is_delivered and not (skipping or self.skip_refused):
             # A resend after a lost answer: ask once for the rows the API holds to be skipped
             # (PostgREST's Prefer: resolution=ignore-duplicates) instead of bisecting the batch.
             self.skip_duplicates = True

@@ -10,8 +10,9 @@ with a JSON array (its error bodies are PostgREST's own, see its ``src/PostgREST
 - 400 ``PGRST204`` for a key that is no column;
 - the insert runs in PostgreSQL as the ``anon`` role (so grants and row-level security apply),
   in one transaction: 201 (empty body, ``return=minimal``); 409 with code 23505 for a duplicate
-  key unless ``Prefer: resolution=ignore-duplicates``; other PostgreSQL errors mapped to statuses
-  as PostgREST maps them (42501 -> 401/403, 42P01 -> 404, most others 400).
+  key unless ``Prefer: resolution=ignore-duplicates`` (then ``ON CONFLICT (primary key) DO
+  NOTHING``, which under row-level security needs a SELECT policy); other PostgreSQL errors
+  mapped to statuses as PostgREST maps them (42501 -> 401/403, 42P01 -> 404, most others 400).
 
 PostgreSQL runs from Debian's binaries in a temporary directory, on a free port and a Unix socket
 there, as the ``postgres`` user when the tests run as root (initdb refuses root); it is talked to
@@ -79,8 +80,10 @@ class PostgreSQL:
         result = self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.data, "-o", options, "-w", "-s",
                            "-l", os.path.join(self.directory, "log"), "start")
         assert result.returncode == 0, result.stderr + self.log()
+        # Supabase's roles; service_role gets every table, as Supabase's default privileges give it.
         self.sql("CREATE ROLE anon NOLOGIN; CREATE ROLE authenticated NOLOGIN; CREATE ROLE service_role NOLOGIN"
-                 " BYPASSRLS; GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;")
+                 " BYPASSRLS; GRANT USAGE ON SCHEMA public TO anon, authenticated, service_role;"
+                 " ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO service_role;")
         return self
 
     def log(self):
@@ -152,6 +155,7 @@ class PostgREST:
         self.key = key
         self.on_commit = None
         self.honours_prefer = True  # False: an API that ignores Prefer (as RFC 7240 allows)
+        self.role = "anon"  # the role of the key: "anon", or "service_role" (bypasses row-level security)
         self.answers = []
         # Like PostgREST's schema cache: a table's columns are looked up once, until it disappears.
         self.schema_cache = {}
@@ -221,15 +225,26 @@ class PostgREST:
             message = f"Could not find the '{unknown[0]}' column of '{table}' in the schema cache"
             return 400, _body("PGRST204", message), {}
         names = ", ".join(f'"{k}"' for k in keys)
-        skip = self.honours_prefer and "resolution=ignore-duplicates" in headers.get("Prefer", "")
-        conflict = " ON CONFLICT DO NOTHING" if skip else ""
+        conflict = ""
+        if self.honours_prefer and "resolution=ignore-duplicates" in headers.get("Prefer", ""):
+            # As PostgREST: the primary key is the conflict target, which needs SELECT rights and,
+            # under row-level security, a SELECT policy that lets the new row through.
+            keys = self.pg.sql("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+                               f" AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'public.\"{table}\"'::regclass"
+                               " AND i.indisprimary")
+            target = ", ".join(f'"{key}"' for (key,) in keys)
+            conflict = f" ON CONFLICT ({target}) DO NOTHING"
         try:
             source = f'json_populate_recordset(NULL::public."{table}", {literal(json.dumps(rows))}::json)'
-            self.pg.sql(f'INSERT INTO public."{table}" ({names}) SELECT {names} FROM {source}{conflict}', role="anon")
+            self.pg.sql(f'INSERT INTO public."{table}" ({names}) SELECT {names} FROM {source}{conflict}',
+                        role=self.role)
         except PgError as exc:
             if exc.code == "42P01":
                 self.schema_cache.pop(table, None)
-            return _pg_status(exc.code, exc.message), _body(exc.code, exc.message, exc.detail, exc.hint), {}
+            status = _pg_status(exc.code, exc.message)
+            if exc.code == "42501" and self.role != "anon":
+                status = 403  # PostgREST: 401 for the anonymous role, 403 for an authenticated one
+            return status, _body(exc.code, exc.message, exc.detail, exc.hint), {}
         if self.on_commit:
             self.on_commit(rows)
         return 201, None, {}

@@ -5,7 +5,7 @@ import logging
 import pytest
 import yaml
 
-from mqttbuffer.answers import ApiReport, refusal, safe_url
+from mqttbuffer.answers import ApiReport, api_message, refusal, safe_url
 from mqttbuffer.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.stats import API_STATES, SharedStats
@@ -81,8 +81,8 @@ def test_the_operator_gets_one_error_when_refusing_starts_reminders_and_one_line
         report.update("ok", Answer(201), 0.0, 0, now=700.0)
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     errors = [m for level, m in lines if level == "ERROR"]
-    assert errors[0].startswith("API refuses every request: 401 Unauthorized from https://x.supabase.co/rest/v1/t:"
-                                " check api.key; holding 1000 messages")
+    assert errors[0].startswith("API refuses every request: 401 Unauthorized from https://x.supabase.co/rest/v1/t"
+                                " (Invalid API key): check api.key; holding 1000 messages")
     assert len(errors) == 2 and "still refuses" in errors[1], "one reminder in the next ten minutes"
     assert lines[-1] == ("INFO", "API accepts messages again (it was refusing for 11m40s)")
     assert API_STATES[int(stats.get("api_state"))] == "ok" and stats.text("api_error") == ""
@@ -105,3 +105,15 @@ def test_a_resend_after_a_409_asks_postgrest_to_skip_rows_it_holds():
     assert skipping_duplicates({"prefer": "return=minimal"}) == \
         {"prefer": "return=minimal, resolution=ignore-duplicates"}
     assert skipping_duplicates({"Prefer": "resolution=merge-duplicates"}) == {"Prefer": "resolution=merge-duplicates"}
+
+
+@pytest.mark.parametrize("body, status, said", [
+    ('{"code":"42501","message":"new row violates row-level security policy for table \\"t\\""}', 401,
+     'new row violates row-level security policy for table "t"'),
+    ('{"code":"PGRST204","message":"Could not find the \'x\' column of \'t\' in the schema cache"}', 400,
+     "Could not find the 'x' column of 't' in the schema cache"),
+    ("<html><body>Not Found</body></html>", 404, ""),
+    ("plain words", 400, "plain words"),
+])
+def test_the_refusal_line_quotes_what_the_api_said(body, status, said):
+    assert api_message(body, status) == said

@@ -205,6 +205,25 @@ def test_a_row_refused_with_403_among_accepted_ones_is_isolated():
     assert dead == [0] and len(delivered) == 15
 
 
+@pytest.mark.parametrize("answer", [REFUSED, REJECTED])
+def test_an_api_refusing_to_skip_duplicates_falls_back_to_splitting_and_is_not_asked_again(answer):
+    p = policy(batch_size=4)
+    assert p.decide(DUPLICATE, seqs(4), 0.0).action == RETRY and p.skip_duplicates
+    decision = p.decide(answer, seqs(4), 0.0)
+    assert decision.action == RETRY and p.batch_limit() == 2, "split, not held"
+    assert not p.skip_duplicates and p.skip_refused
+    p.decide(DELIVERED, seqs(2), 0.0)
+    assert p.decide(DUPLICATE, seqs(4, 10), 0.0).action == RETRY and not p.skip_duplicates
+    assert p.api_state == "ok"
+
+
+def test_skipping_duplicates_that_works_ends_with_one_delete():
+    p = policy(batch_size=4)
+    p.decide(DUPLICATE, seqs(4), 0.0)
+    assert p.decide(DELIVERED, seqs(4), 0.0).action == DELETE
+    assert not p.skip_duplicates and not p.skip_refused
+
+
 def test_a_suspect_at_the_head_becomes_a_dead_letter_only_after_the_next_message_goes_through():
     p = policy(batch_size=4)
     assert p.decide(REJECTED, seqs(4), 0.0).action == RETRY
@@ -225,7 +244,7 @@ def test_a_409_for_one_message_counts_as_delivered_unless_configured_otherwise()
     assert p.batch_limit() == 2, "an API that ignores the preference gets the batch split"
     assert p.decide(DUPLICATE, seqs(2), 0.0).action == RETRY
     assert p.decide(DUPLICATE, [0], 0.0).action == DELETE
-    assert not p.skip_duplicates
+    assert not p.skip_duplicates and p.skip_refused, "asked once, never again"
     q = policy(batch_size=4, duplicates=False)
     q.decide(DELIVERED, [9], 0.0)
     q.decide(DUPLICATE, seqs(2), 0.0)
