@@ -8,6 +8,7 @@ import signal
 import types
 
 import pytest
+import urllib3
 
 from mqttbuffer.wire import BodyShape
 from tests.conftest import wait_until
@@ -23,13 +24,7 @@ def api_daemon(make_daemon, mosquitto, receiver, table=TABLE, **api):
                        api={"key": "test-key", "max_refused_backoff": 1, **api}, circuit_breaker=FAST_HOLD)
 
 
-def rows_and_dead_letters(postgres, daemon):
-    total, distinct = (int(x) for x in postgres.sql(f"SELECT count(*), count(DISTINCT id) FROM {TABLE}")[0])
-    return total, distinct, daemon.store().dead_letter_count()
-
-
 def test_the_supabase_table_takes_the_default_body_and_row_level_security_allows_insert_only(postgrest, postgres):
-    import urllib3
     body = BodyShape().encode([
         ("a", "t/json", b'{"Power": 12}', 1, 0, 1.7e9), ("b", "t/text", b"on", 0, 1, 1.7e9),
         ("c", "t/bin", b"\xff\x00", 1, 0, 1.7e9), ("d", "t/deep", b"[" * 1000 + b"]" * 1000, 1, 0, 1.7e9)])
