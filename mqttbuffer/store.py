@@ -174,7 +174,8 @@ class Store:
         deleted in the same transaction; those with seq <= keep_upto (the batch the forwarder is
         sending: not lost, and counting them as dropped would lie) go last. keep_upto infinite
         means the forwarder is reading a batch not known yet: then the oldest keep_count rows go
-        last. Returns (new rows inserted, rows dropped)."""
+        last. keep_upto may be a function, called once the write lock is held (the forwarder reads
+        its batches under the same lock). Returns (new rows inserted, rows dropped)."""
         with _transaction(self._db):
             inserted = self._db.executemany(
                 "INSERT OR IGNORE INTO messages (id, topic, payload, qos, retain, received_at)"
@@ -190,6 +191,8 @@ class Store:
         excess_bytes = size - max_bytes if max_bytes else 0
         if excess_count <= 0 and excess_bytes <= 0:
             return 0
+        if callable(keep_upto):
+            keep_upto = keep_upto()
         if keep_upto == float("inf"):
             row = self._db.execute("SELECT seq FROM messages ORDER BY seq LIMIT 1 OFFSET ?",
                                    (max(0, keep_count - 1),)).fetchone()
@@ -223,18 +226,21 @@ class Store:
         With max_bytes, no more than that many bytes of payload and topic, but at least one
         message: sizes are read first (SQLite knows a blob's length without reading it), so a
         backlog of large messages is never loaded whole."""
-        if max_bytes is not None:
-            total, count = 0, 0
-            for (size,) in self._db.execute(
-                    "SELECT length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq LIMIT ?",
-                    (limit,)):
-                if count and total + size > max_bytes:
-                    break
-                total, count = total + size, count + 1
-            limit = count
-        return self._db.execute(
-            f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)
-        ).fetchall()
+        # Under the write lock, so no commit of the persister's is half seen: one that dropped rows
+        # has finished, and one that has not yet begun sees what the forwarder is about to send.
+        with _transaction(self._db):
+            if max_bytes is not None:
+                total, count = 0, 0
+                for (size,) in self._db.execute(
+                        "SELECT length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq LIMIT ?",
+                        (limit,)):
+                    if count and total + size > max_bytes:
+                        break
+                    total, count = total + size, count + 1
+                limit = count
+            return self._db.execute(
+                f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
 
     def delete(self, seqs):
         """Remove delivered messages by seq; return how many were still there."""

@@ -152,7 +152,7 @@ class Persister(Worker):
         try:
             inserted, dropped = self.store.insert(
                 rows, self.cfg.buffer.max_size if bounded else None, self.cfg.buffer.max_bytes if bounded else None,
-                keep_upto=self.stats.get("handling_last_seq"), keep_count=self.cfg.buffer.batch_size,
+                keep_upto=lambda: self.stats.get("handling_last_seq"), keep_count=self.cfg.buffer.batch_size,
             )
         except sqlite3.Error as exc:
             if is_corruption(exc):
