@@ -220,27 +220,33 @@ class Store:
         return self._db.execute("SELECT seq, received_at FROM messages ORDER BY seq LIMIT 1").fetchone() \
             or (None, None)
 
-    def oldest(self, limit, max_bytes=None):
+    def oldest(self, limit, max_bytes=None, skip=frozenset()):
         """The oldest waiting messages as (seq, id, topic, payload, qos, retain, received_at, attempts).
 
         With max_bytes, no more than that many bytes of payload and topic, but at least one
         message: sizes are read first (SQLite knows a blob's length without reading it), so a
-        backlog of large messages is never loaded whole."""
+        backlog of large messages is never loaded whole. Messages whose seq is in ``skip`` are
+        passed over (they count neither against limit nor against max_bytes)."""
         # Under the write lock, so no commit of the persister's is half seen: one that dropped rows
         # has finished, and one that has not yet begun sees what the forwarder is about to send.
         with _transaction(self._db):
-            if max_bytes is not None:
-                total, count = 0, 0
-                for (size,) in self._db.execute(
-                        "SELECT length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq LIMIT ?",
-                        (limit,)):
-                    if count and total + size > max_bytes:
-                        break
-                    total, count = total + size, count + 1
-                limit = count
-            return self._db.execute(
-                f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
+            if max_bytes is None and not skip:
+                return self._db.execute(
+                    f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            chosen, total = [], 0
+            for seq, size in self._db.execute(
+                    "SELECT seq, length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq"):
+                if seq in skip:
+                    continue
+                if len(chosen) >= limit or (chosen and max_bytes is not None and total + size > max_bytes):
+                    break
+                chosen.append(seq)
+                total += size
+            if not chosen:
+                return []
+            return [row for row in self._db.execute(
+                f"SELECT seq, {_COLUMNS} FROM messages WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (chosen[0], chosen[-1])) if row[0] not in skip]
 
     def delete(self, seqs):
         """Remove delivered messages by seq; return how many were still there."""

@@ -36,6 +36,12 @@ class SocketInUse(Exception):
     """Another live process listens on the control socket's path."""
 
 
+def _identity(path):
+    # The inode number alone can be reused by a file created after ours was removed.
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
+
+
 def _someone_listens(path):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
@@ -74,9 +80,8 @@ class ControlServer:
             self.sock.bind(path)
         finally:
             os.umask(old_umask)
-        stat = os.stat(path)
-        self.identity = (stat.st_dev, stat.st_ino)
         os.chmod(path, 0o660)
+        self.identity = _identity(path)
         self.sock.listen(16)
         self.sock.setblocking(False)
 
@@ -189,11 +194,10 @@ class ControlServer:
         for client in list(self.clients):
             self._drop(client)
         self.sock.close()
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return
         # Only the file this server bound: another daemon may have replaced it since.
-        if (stat.st_dev, stat.st_ino) == self.identity:
-            os.unlink(self.path)
+        try:
+            if _identity(self.path) == self.identity:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 

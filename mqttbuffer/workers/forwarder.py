@@ -148,8 +148,7 @@ class Forwarder(Worker):
         limit, max_bytes = self.guard.limits(self.policy.batch_limit(), self.cfg.buffer.batch_bytes)
         suspects = self.policy.suspects
         # Suspects wait aside (skipped); their bytes do not count against the batch's.
-        rows = self.store.oldest(limit + len(suspects), None if suspects else max_bytes)
-        rows = [row for row in rows if row[0] not in suspects][:limit]
+        rows = self.store.oldest(limit, max_bytes, skip=suspects)
         if not rows:  # only suspects wait (they need others to compare with), or the persister just dropped them
             self.guard.clear()
             self._idle(self.poll_interval)

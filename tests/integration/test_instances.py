@@ -57,6 +57,13 @@ def test_workers_die_with_a_killed_supervisor_and_a_new_daemon_takes_over(mosqui
 def test_sigusr1_logs_the_stats_line_and_sigusr2_the_workers(mosquitto, sink, make_daemon):
     daemon = make_daemon(mosquitto, sink).start()
     wait_until(daemon.all_workers_running, 10, "all workers")
+    # No worker holds the supervisor's listening control socket.
+    path = os.path.join(os.path.dirname(daemon.config["buffer"]["persist_file"]), "control.sock")
+    with open("/proc/net/unix") as f:
+        inode = next(line.split()[6] for line in f if line.rstrip().endswith(path))
+    for name in ("ingestor", "persister", "forwarder"):
+        fds = f"/proc/{daemon.worker_pid(name)}/fd"
+        assert f"socket:[{inode}]" not in {os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)}, name
     daemon.process.send_signal(signal.SIGUSR1)
     wait_until(lambda: "SIGUSR1: Buffer stats: pending=" in daemon.log(), 5, "the stats line")
     daemon.process.send_signal(signal.SIGUSR2)

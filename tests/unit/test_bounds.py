@@ -34,6 +34,13 @@ def test_batches_are_bounded_by_bytes_and_a_larger_message_goes_alone(store):
     assert [r[1] for r in store.oldest(500, max_bytes=1000)] == ["big"]
 
 
+def test_messages_set_aside_count_neither_against_the_limit_nor_the_bytes(store):
+    store.insert(rows(0, 10, b"x" * 197))
+    first = [r[0] for r in store.oldest(2)]
+    assert [r[1] for r in store.oldest(3, max_bytes=600, skip=set(first))] == ["id2", "id3", "id4"]
+    assert [r[1] for r in store.oldest(3, max_bytes=450, skip={first[1]})] == ["id0", "id2"]
+
+
 def test_rows_being_sent_are_not_dropped_nor_counted(store):
     store.insert(rows(0, 10))
     in_flight = store.oldest(4)
