@@ -40,7 +40,11 @@ def salvage(store, path, beat=lambda: None):
     for suffix in ("-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.rename(path + suffix, kept + suffix)
-    os.rename(fresh_path, path)
+    try:
+        os.rename(fresh_path, path)
+    except OSError:
+        os.rename(kept, path)  # never leave the store's name empty: a new empty store would open there
+        raise
     directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(directory)

@@ -12,7 +12,6 @@ At every start it compares the store with the marker the last run left (``marker
 shrank to nothing or lost its newest commits is reported the same way.
 """
 
-import contextlib
 import sqlite3
 import time
 
@@ -44,7 +43,13 @@ class StoreCare:
     # --- what the last run left ---------------------------------------------------------------
 
     def check_marker(self):
-        pending, max_seq = self.p.store.totals()[0], self.p.store.max_seq()
+        try:
+            pending, max_seq = self.p.store.totals()[0], self.p.store.max_seq()
+        except sqlite3.Error as exc:
+            if not is_corruption(exc):
+                raise
+            self.check(time.monotonic(), exc)
+            return
         marker = read_marker(self.path)
         words = loss(marker, pending, max_seq)
         if words:
@@ -68,6 +73,14 @@ class StoreCare:
             if not is_corruption(exc):
                 raise
             self.check(now, exc)
+
+    def _reopen_if_closed(self):
+        try:
+            self.p.store.totals()
+        except sqlite3.ProgrammingError:  # salvage closed it before failing
+            self.p.store = Store.open(self.path)
+        except sqlite3.Error:
+            pass  # still open, still damaged: the next attempt reads it again
 
     def _write_marker(self, pending, max_seq, now):
         try:
@@ -116,10 +129,7 @@ class StoreCare:
         except (sqlite3.Error, OSError, StoreError) as exc:
             self.p.log.error("Salvaging %s failed: %s; trying again in %gs", self.path, exc, RETRY_SALVAGE_AFTER)
             self.salvage_at = now + RETRY_SALVAGE_AFTER
-            with contextlib.suppress(sqlite3.Error, StoreError):
-                self.p.store.totals()
-                return
-            self.p.store = Store.open(self.path)
+            self._reopen_if_closed()
             return
         self.p.store = Store.open(self.path)
         when = time.strftime("%Y-%m-%d %H:%M:%S")
