@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from mqttbuffer.store import Store
 from tests.conftest import assert_all_arrived, wait_until
 
 pytestmark = pytest.mark.integration
@@ -139,3 +140,21 @@ def test_dropped_counts_only_messages_lost_undelivered(mosquitto, sink, make_dae
     dropped = daemon.status()["counters"]["dropped"]
     print(f"dropped counter {dropped}, really lost {lost}")
     assert dropped == lost
+
+
+def test_a_clock_a_year_ahead_at_start_expires_nothing(mosquitto, sink, make_daemon):
+    sink.status = 503
+    daemon = make_daemon(mosquitto, sink, buffer={"cleanup_interval": 0.1, "message_retention_days": 7},
+                         circuit_breaker={"max_failures": 1, "timeout": 600})
+    path = daemon.config["buffer"]["persist_file"]
+    os.makedirs(os.path.dirname(path))
+    store = Store.open(path)
+    a_year_ago = time.time() - 365 * 86400  # the same as a clock a year ahead of the stamps
+    store.insert([(f"old{n}", "test/old", b"1", 1, 0, a_year_ago) for n in range(2000)])
+    store.close()
+    daemon.start()
+    deadline = time.monotonic() + 3  # some 30 cleanup intervals
+    while time.monotonic() < deadline:
+        status = daemon.status()
+        assert status["counters"]["expired"] == 0 and status["buffer"]["dead_letters"] == 0
+    assert daemon.store().totals()[0] == 2000
