@@ -1,5 +1,5 @@
 # make run    the daemon with etc/config.example.yaml, a demo API and (if needed) a local broker
-# make test   ruff, then the whole suite on paho-mqtt 2.x, then the tests marked paho on paho-mqtt 1.6.1
+# make test   ruff, then the suite on paho-mqtt 2.x and the tests marked paho again on 1.6.1 (bin/test)
 # make check  validate the example config
 # make deb / make arch-pkg   the Debian / Arch (PiKVM) package, into dist/
 # make package-check         what CI checks of the packages (root: installs and purges the .deb)
@@ -18,9 +18,7 @@ run: venv
 
 test: venv
 	bin/bootstrap --paho1
-	.venv/bin/python -m ruff check .
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
-	.venv-paho1/bin/python -m pytest -m paho $(PYTEST_ARGS)
+	bin/test $(PYTEST_ARGS)
 
 check: venv
 	.venv/bin/python -m mqttbuffer --config etc/config.example.yaml --check
