@@ -9,8 +9,9 @@ import yaml
 
 from mqttbuffer import __version__, delays
 from mqttbuffer.config import check_writable_paths, load_config
-from mqttbuffer.errors import EX_CONFIG, ConfigError
-from mqttbuffer.lock import EX_TEMPFAIL, StoreLocked, lock_store
+from mqttbuffer.errors import ConfigError
+from mqttbuffer.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
+from mqttbuffer.lock import StoreLocked, lock_store
 from mqttbuffer.logs import setup_logging
 from mqttbuffer.store import Store, StoreError
 
@@ -40,7 +41,7 @@ def main(argv=None):
         return EX_CONFIG
     if args.check:
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(redact=True), sort_keys=False, default_flow_style=False))
-        return 0
+        return EX_OK
     # The supervisor's own tag from its first line on, not multiprocessing's "MainProcess".
     multiprocessing.current_process().name = "supervisor"
     setup_logging(cfg.logging.level, cfg.secrets())

@@ -17,9 +17,9 @@ from mqttbuffer import validators as v
 from mqttbuffer.errors import ConfigError
 from mqttbuffer.logs import REDACTED
 from mqttbuffer.metrics import parse_listen
-from mqttbuffer.secrets import resolve_secrets
+from mqttbuffer.secrets import SECRETS, resolve_secrets
 
-SECRET_KEYS = {("mqtt", "password"), ("api", "key")}
+SECRET_KEYS = {(section, key) for section, key, _, _ in SECRETS}
 URL_KEYS = {("mqtt", "broker"), ("api", "url")}
 
 REQUIRED = object()
@@ -154,8 +154,8 @@ class Config(Section):
 
     def secrets(self):
         """The secret values set in this config, for log redaction."""
-        return [s for s in (self.mqtt.password, self.api.key, *v.url_secrets(self.api.url),
-                            *apiheaders.secret_values(self.api.headers)) if s]
+        keys = [getattr(getattr(self, section), key) for section, key, _, _ in SECRETS]
+        return [s for s in (*keys, *v.url_secrets(self.api.url), *apiheaders.secret_values(self.api.headers)) if s]
 
 
 def _strip_json_comments(text):

@@ -19,11 +19,10 @@ from mqttbuffer import doctor
 from mqttbuffer.cli import DEFAULT_CONFIG
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.control.client import NotRunning, request
+from mqttbuffer.exitcodes import CTL_DEGRADED, CTL_ERROR, CTL_NOT_RUNNING, CTL_OK, CTL_USAGE
+from mqttbuffer.stats import WORKER_NAMES
 from mqttbuffer.status import format_summary
 from mqttbuffer.store import Store, StoreError
-
-EX_OK, EX_ERROR, EX_USAGE, EX_NOT_RUNNING = 0, 1, 2, 3
-EX_DEGRADED = 1
 
 
 def parse_args(argv):
@@ -37,7 +36,7 @@ def parse_args(argv):
                                                 " broker, API, counters and rates")
     status.add_argument("--json", action="store_true", help="the full status document as JSON")
     restart = commands.add_parser("restart-worker", help="restart one worker (returns at once)")
-    restart.add_argument("name", choices=["ingestor", "persister", "forwarder"])
+    restart.add_argument("name", choices=WORKER_NAMES)
     dead = commands.add_parser("dead-letters", help="list, replay or purge messages the API did not take")
     dead.add_argument("action", nargs="?", choices=["list", "replay", "purge"], default="list")
     dead.add_argument("ids", nargs="*", help="message ids (replay/purge; default: all)")
@@ -58,17 +57,17 @@ def main(argv=None):
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:
-        return EX_USAGE if exc.code else EX_OK
+        return CTL_USAGE if exc.code else CTL_OK
     if args.command == "doctor":
         if args.socket:
             print("mqttbufferctl: doctor reads the config: give --config FILE, not --socket", file=sys.stderr)
-            return EX_USAGE
+            return CTL_USAGE
         return doctor.run(args.config)
     try:
         path = socket_path(args)
     except ConfigError as exc:
         print(f"mqttbufferctl: {exc}", file=sys.stderr)
-        return EX_USAGE
+        return CTL_USAGE
     command_args = {"name": args.name} if args.command == "restart-worker" else {}
     try:
         reply = request(path, "status" if args.command == "dead-letters" else args.command, **command_args)
@@ -77,22 +76,22 @@ def main(argv=None):
             return dead_letters_stopped(args)
         print(f"mqttbufferctl: mqttbuffer is not running ({exc}); start it with"
               " 'systemctl start mqttbuffer' or 'mqttbuffer --config FILE'", file=sys.stderr)
-        return EX_NOT_RUNNING
+        return CTL_NOT_RUNNING
     except (OSError, ValueError) as exc:
         print(f"mqttbufferctl: {path}: no usable reply: {exc}", file=sys.stderr)
-        return EX_ERROR
+        return CTL_ERROR
     if reply.get("status") != "ok":
         print(f"mqttbufferctl: {reply.get('error', 'error')}", file=sys.stderr)
-        return EX_ERROR
+        return CTL_ERROR
     data = reply["data"]
     if args.command == "dead-letters":
         return dead_letters(args, data["store"])
     if args.command == "status":
         print(json.dumps(data, indent=2) if args.json else format_summary(data))
-        return EX_OK if data["health"]["verdict"] == "healthy" else EX_DEGRADED
+        return CTL_OK if data["health"]["verdict"] == "healthy" else CTL_DEGRADED
     else:
         print(f"restarting {data['name']} (pid {data['pid']})")
-    return EX_OK
+    return CTL_OK
 
 
 def dead_letters_stopped(args):
@@ -101,7 +100,7 @@ def dead_letters_stopped(args):
     if not os.path.exists(path):
         print(f"mqttbufferctl: mqttbuffer is not running and there is no store at {path} ({args.config}:"
               " buffer.persist_file)", file=sys.stderr)
-        return EX_ERROR
+        return CTL_ERROR
     print(f"mqttbuffer is not running; using the store {path}", file=sys.stderr)
     return dead_letters(args, path)
 
@@ -113,7 +112,7 @@ def dead_letters(args, store_path):
         store = Store.open(store_path)
     except StoreError as exc:
         print(f"mqttbufferctl: cannot open the store: {exc} (run as root or as the daemon's user)", file=sys.stderr)
-        return EX_ERROR
+        return CTL_ERROR
     try:
         ids = args.ids or None
         if args.action == "replay":
@@ -136,7 +135,7 @@ def dead_letters(args, store_path):
                         print(f"      {d['excerpt'][:200]}")
     finally:
         store.close()
-    return EX_OK
+    return CTL_OK
 
 
 if __name__ == "__main__":

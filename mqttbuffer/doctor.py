@@ -21,6 +21,7 @@ from mqttbuffer.broker import NoConnack, Refused, Target, describe_failure
 from mqttbuffer.config import load_config
 from mqttbuffer.control.client import NotRunning, request
 from mqttbuffer.errors import ConfigError
+from mqttbuffer.exitcodes import CTL_ERROR, CTL_OK
 from mqttbuffer.store import Store, StoreError
 from mqttbuffer.validators import parse_broker_url, redact_url
 
@@ -45,7 +46,7 @@ def run(config_path, environ=None, out=None):
         if check.fix:
             print(f"    fix: {check.fix}", file=out, flush=True)
         failed = failed or check.mark == FAIL
-    return 1 if failed else 0
+    return CTL_ERROR if failed else CTL_OK
 
 
 def checks(config_path, environ):

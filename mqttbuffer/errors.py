@@ -1,6 +1,4 @@
-"""The config error and its exit code, shared by the config loader and the secret resolver."""
-
-EX_CONFIG = 78
+"""The config error, shared by the config loader and the secret resolver (exit code: exitcodes.EX_CONFIG)."""
 
 
 class ConfigError(Exception):

@@ -12,8 +12,10 @@ import socket
 from multiprocessing.connection import Connection, wait
 
 LINK_ERRORS = (EOFError, OSError)
+# The sockets in the supervisor's links directory, named after the worker that listens on each.
+PERSISTER_LINK = "persister.sock"  # the ingestor sends batches, the persister confirms them
 
-__all__ = ["LINK_ERRORS", "Listener", "Reconnector", "connect", "wait"]
+__all__ = ["LINK_ERRORS", "PERSISTER_LINK", "Listener", "Reconnector", "connect", "wait"]
 
 
 class Listener:

@@ -10,7 +10,6 @@ import fcntl
 import os
 import time
 
-EX_TEMPFAIL = 75
 WAIT_FOR_LOCK = 3.0
 
 

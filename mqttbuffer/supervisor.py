@@ -21,9 +21,8 @@ import time
 from mqttbuffer import __version__
 from mqttbuffer.clientid import load_or_create_client_id
 from mqttbuffer.control.server import ControlError, ControlServer, SocketInUse
-from mqttbuffer.errors import EX_CONFIG
+from mqttbuffer.exitcodes import EX_CONFIG, EX_TEMPFAIL
 from mqttbuffer.health import HealthChecks
-from mqttbuffer.lock import EX_TEMPFAIL
 from mqttbuffer.metrics import MetricsServer
 from mqttbuffer.metrics import render as render_metrics
 from mqttbuffer.slots import Slot

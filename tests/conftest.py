@@ -25,13 +25,14 @@ import yaml
 from mqttbuffer.config import ConfigError, load_config
 from mqttbuffer.control.client import NotRunning, request
 from mqttbuffer.delays import VARIABLE as DELAY_SCALE_VARIABLE
+from mqttbuffer.stats import WORKER_NAMES
 from mqttbuffer.store import Store
 from tests.publisher import Publisher
 
 # Fixtures of other brokers and of a PostgREST-faithful API, for every test module.
 pytest_plugins = ["tests.brokers", "tests.postgrest"]
 
-WORKERS = ("ingestor", "persister", "forwarder")
+WORKERS = WORKER_NAMES
 # Restart backoff, delivery backoff and the like run at a tenth of their real length in tests.
 TEST_DELAY_SCALE = "0.1"
 

@@ -15,9 +15,9 @@ import time
 
 import setproctitle
 
+from mqttbuffer.exitcodes import EX_SOFTWARE
 from mqttbuffer.logs import setup_logging
 
-EX_SOFTWARE = 70
 PR_SET_PDEATHSIG = 1
 # A step waits at most about half a second; a worker that has not begun its next step this long
 # after beginning the last one is late (the supervisor adds limits.heartbeat_timeout on top).

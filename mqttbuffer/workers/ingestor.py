@@ -44,7 +44,6 @@ import time
 from mqttbuffer import ipc
 from mqttbuffer.broker import BrokerClient
 from mqttbuffer.workers.base import Worker
-from mqttbuffer.workers.persister import LINK_NAME
 
 MAX_BATCH_ROWS = 1000
 MAX_BATCHES_IN_FLIGHT = 8
@@ -91,7 +90,7 @@ class Ingestor(Worker):
         self.batches = collections.deque()
         self._batch_number = 0
         self.link = None
-        self.reconnector = ipc.Reconnector(os.path.join(self.links_dir, LINK_NAME))
+        self.reconnector = ipc.Reconnector(os.path.join(self.links_dir, ipc.PERSISTER_LINK))
         self.broker = BrokerClient(
             self.cfg.mqtt, self.client_id, self.cfg.topics, self.stats,
             self._on_message, self._on_connected, self._on_disconnected,

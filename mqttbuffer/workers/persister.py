@@ -26,7 +26,6 @@ from mqttbuffer.store import ROW_OVERHEAD, Store, is_corruption
 from mqttbuffer.workers.base import Worker
 from mqttbuffer.workers.storecare import StoreCare
 
-LINK_NAME = "persister.sock"
 RETRY_COMMIT_AFTER = scaled(1.0)
 RETRY_SALVAGE_POLL = 0.2
 DROP_LOG_INTERVAL = 10.0
@@ -44,7 +43,7 @@ class Persister(Worker):
         self.log.info("Loaded %d messages from disk", self.store.totals()[0])
         self.care = StoreCare(self)
         self.care.check_marker()
-        self.listener = ipc.Listener(os.path.join(self.links_dir, LINK_NAME))
+        self.listener = ipc.Listener(os.path.join(self.links_dir, ipc.PERSISTER_LINK))
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
         self.uncommitted = []

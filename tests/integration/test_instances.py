@@ -12,13 +12,13 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import assert_all_arrived, wait_until
+from tests.conftest import WORKERS, assert_all_arrived, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def worker_pids(daemon):
-    return {name: daemon.worker_pid(name) for name in ("ingestor", "persister", "forwarder")}
+    return {name: daemon.worker_pid(name) for name in WORKERS}
 
 
 def test_a_second_daemon_on_the_same_store_exits_75_naming_the_first(mosquitto, sink, make_daemon, publisher):

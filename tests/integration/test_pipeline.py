@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.conftest import assert_all_arrived, wait_until
+from tests.conftest import WORKERS, assert_all_arrived, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.paho]
 
@@ -45,12 +45,12 @@ def test_sigkill_of_the_whole_daemon_loses_nothing(mosquitto, sink, make_daemon,
     assert_all_arrived(sink, accepted)
 
 
-@pytest.mark.parametrize("worker", ["ingestor", "persister", "forwarder"])
+@pytest.mark.parametrize("worker", WORKERS)
 def test_sigkill_of_one_worker_loses_nothing(worker, mosquitto, sink, make_daemon, publisher):
     daemon = make_daemon(mosquitto, sink).start()
     wait_until(daemon.all_workers_running, 10, "all workers")
     before = daemon.worker_pid(worker)
-    others = {name: daemon.worker_pid(name) for name in ("ingestor", "persister", "forwarder") if name != worker}
+    others = {name: daemon.worker_pid(name) for name in WORKERS if name != worker}
 
     def kill_midway(n):
         if n == 1000:
