@@ -31,7 +31,14 @@ SCHEMA_VERSION = 2
 ROW_OVERHEAD = 100
 EXCERPT_CHARS = 500
 
+# A message's size, in bytes, as the triggers count it; message_size() is the same in Python.
 _SIZE = f"(length(%(row)s.payload) + length(CAST(%(row)s.topic AS BLOB)) + {ROW_OVERHEAD})"
+
+
+def message_size(topic, payload):
+    """The bytes a message counts against ``buffer.max_bytes``: payload, UTF-8 topic, ROW_OVERHEAD."""
+    return len(payload) + len(topic.encode()) + ROW_OVERHEAD
+
 _COLUMNS = "id, topic, payload, qos, retain, received_at, attempts"
 
 _COUNT_TOTALS = f"""

@@ -22,7 +22,7 @@ import time
 from mqttbuffer import ipc
 from mqttbuffer.delays import scaled
 from mqttbuffer.retention import RetentionGuard
-from mqttbuffer.store import ROW_OVERHEAD, Store, is_corruption
+from mqttbuffer.store import Store, is_corruption, message_size
 from mqttbuffer.workers.base import Worker
 from mqttbuffer.workers.storecare import StoreCare
 
@@ -122,7 +122,7 @@ class Persister(Worker):
         fitting = 0
         for _, _, rows in self.uncommitted:
             count += len(rows)
-            size += sum(len(r[2]) + len(r[1]) + ROW_OVERHEAD for r in rows)
+            size += sum(message_size(r[1], r[2]) for r in rows)
             if (count > buffer.max_size or size > buffer.max_bytes) and (fitting or stored):
                 break
             fitting += 1
