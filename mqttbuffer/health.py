@@ -12,6 +12,8 @@ import logging
 
 import psutil
 
+from mqttbuffer.slots import State
+
 log = logging.getLogger("mqttbuffer.supervisor")
 
 OVER_LIMIT_SAMPLES = 3
@@ -26,7 +28,7 @@ class HealthChecks:
 
     def check(self, slots, now):
         for slot in slots:
-            if slot.state == "RUNNING" or slot.state == "STARTING":
+            if slot.state in (State.RUNNING, State.STARTING):
                 self._check_heartbeat(slot, now)
         if now >= self.next_memory_check:
             self.next_memory_check = now + self.limits.memory_check_interval
@@ -45,7 +47,7 @@ class HealthChecks:
 
     def _check_memory(self, slot, now):
         limit_mb = getattr(self.limits, f"{slot.name}_memory_mb")
-        if not limit_mb or slot.state != "RUNNING":
+        if not limit_mb or slot.state != State.RUNNING:
             self.over[slot.name] = 0
             return
         try:

@@ -15,6 +15,7 @@ queues 1,000 messages for a killed ingestor and then drops, which at 1,000 msg/s
 1 s and 2 s). A worker is never abandoned: ingestion must come back by itself.
 """
 
+import enum
 import gc
 import logging
 import os
@@ -31,6 +32,27 @@ RUNNING_AFTER, STARTSECS = scaled(1.0, 3.0)
 FIRST_DELAY, MAX_DELAY = scaled(1.0, 60.0)
 RESTART_GRACE = 5.0
 STARTUP_GRACE = 15.0
+
+
+class State(enum.StrEnum):
+    """A slot's state (the module docstring says what each means); a str, so status shows it as is."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+
+
+# The transitions that can happen; any other is a bug in this module (Supervisor asserts its states
+# the same way).
+LEGAL = {
+    State.EXITED: {State.STARTING, State.EXITED},                   # started; or stopped twice
+    State.STARTING: {State.RUNNING, State.BACKOFF, State.STOPPING},  # up; died; asked to stop
+    State.RUNNING: {State.BACKOFF, State.STOPPING},                  # died; asked to stop
+    State.BACKOFF: {State.STARTING, State.EXITED},                   # restart due; daemon stopping
+    State.STOPPING: {State.EXITED, State.BACKOFF, State.STOPPING},   # gone; died; daemon stopping
+}
 
 
 def describe_exit(exitcode, killed_because=None, oom_kills=None):
@@ -77,7 +99,7 @@ class Slot:
         self.context = context
         self.process = None
         self.pid = None
-        self.state = "EXITED"
+        self.state = State.EXITED
         self.started_at = 0.0
         self.restart_at = 0.0
         self.kill_at = 0.0
@@ -92,9 +114,12 @@ class Slot:
         self.killed_because = None  # why the supervisor sent this process SIGKILL, if it did
         self.oom_kills_at_start = None
 
-    def _transition(self, state, reason="", level=logging.INFO):
-        extra = f", {reason}" if reason else ""
-        log.log(level, "%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
+    def _transition(self, state, reason="", level=logging.INFO, quiet=False):
+        if state not in LEGAL[self.state]:
+            raise AssertionError(f"{self.name}: illegal transition {self.state} -> {state}")
+        if not quiet:
+            extra = f", {reason}" if reason else ""
+            log.log(level, "%s (pid %s): %s -> %s%s", self.name, self.pid, self.state, state, extra)
         self.state = state
 
     def _exit_words(self, exitcode):
@@ -107,9 +132,9 @@ class Slot:
 
     def next_deadline(self):
         return {
-            "STARTING": self.started_at + RUNNING_AFTER,
-            "BACKOFF": self.restart_at,
-            "STOPPING": self.kill_at,
+            State.STARTING: self.started_at + RUNNING_AFTER,
+            State.BACKOFF: self.restart_at,
+            State.STOPPING: self.kill_at,
         }.get(self.state)
 
     def start(self, now):
@@ -127,21 +152,21 @@ class Slot:
         self.pid = self.process.pid
         self.started_at = now
         self.down_since = now if self.down_since is None else self.down_since
-        self._transition("STARTING")
+        self._transition(State.STARTING)
 
     def check(self, now):
         """Advance the state machine; return the exit code if the worker was found dead."""
-        if self.process is not None and self.state in ("STARTING", "RUNNING", "STOPPING") \
+        if self.process is not None and self.state in (State.STARTING, State.RUNNING, State.STOPPING) \
                 and not self.process.is_alive():
             return self._reap(now)
-        if self.down_since is not None and self.state == "RUNNING" and now - self.started_at >= STARTSECS:
+        if self.down_since is not None and self.state == State.RUNNING and now - self.started_at >= STARTSECS:
             self.down_since = None
-        if self.state == "STARTING" and now - self.started_at >= RUNNING_AFTER:
-            self._transition("RUNNING")
-        elif self.state == "BACKOFF" and now >= self.restart_at:
+        if self.state == State.STARTING and now - self.started_at >= RUNNING_AFTER:
+            self._transition(State.RUNNING)
+        elif self.state == State.BACKOFF and now >= self.restart_at:
             self.restarts += 1
             self.start(now)
-        elif self.state == "STOPPING" and now >= self.kill_at:
+        elif self.state == State.STOPPING and now >= self.kill_at:
             log.warning("%s (pid %s) did not stop within %gs; killing it", self.name, self.pid, RESTART_GRACE)
             self.kill(f"did not stop within {RESTART_GRACE:g}s")
             self.kill_at = now + RESTART_GRACE
@@ -152,11 +177,11 @@ class Slot:
         code = self.process.exitcode
         self.last_exit = self._exit_words(code)
         uptime = now - self.started_at
-        asked = self.state == "STOPPING"
+        asked = self.state == State.STOPPING
         self.down_since = now if self.down_since is None else self.down_since
         self.process.close()
-        if self.state == "STOPPING" and self.after_stop == "restart":
-            self._transition("EXITED", f"{self.last_exit}, restarting now")
+        if self.state == State.STOPPING and self.after_stop == "restart":
+            self._transition(State.EXITED, f"{self.last_exit}, restarting now")
             self.process = None
             self.after_stop = None
             self.restarts += 1
@@ -175,31 +200,31 @@ class Slot:
             level, when = logging.ERROR, f"{when}; crash loop: it dies within {STARTSECS:g}s of each start"
         else:
             level = logging.WARNING
-        self._transition("BACKOFF", f"{self.last_exit}, {when}", level)
+        self._transition(State.BACKOFF, f"{self.last_exit}, {when}", level)
         self.process = None
         self.after_stop = None
         return code
 
     def request_restart(self, now, reason, backoff=False):
         """Stop the worker gracefully and start it again (after the backoff delay if asked)."""
-        if self.state == "BACKOFF":
+        if self.state == State.BACKOFF:
             self.restart_at = now
             return
-        if self.state not in ("STARTING", "RUNNING"):
+        if self.state not in (State.STARTING, State.RUNNING):
             return
         self.after_stop = "backoff" if backoff else "restart"
         self.kill_at = now + RESTART_GRACE
         self.down_since = now if self.down_since is None else self.down_since
-        self._transition("STOPPING", reason)
+        self._transition(State.STOPPING, reason)
         self.send_signal(signal.SIGTERM)
 
     def terminate(self):
         """Begin the final stop (daemon shutdown)."""
         if self.process is None:
-            self.state = "EXITED"
+            self._transition(State.EXITED, quiet=True)
             return
         self.after_stop = None
-        self._transition("STOPPING")
+        self._transition(State.STOPPING)
         self.send_signal(signal.SIGTERM)
 
     def wait_stopped(self, deadline):
@@ -212,7 +237,7 @@ class Slot:
             self.process.kill()
             self.process.join()
         self.last_exit = self._exit_words(self.process.exitcode)
-        self._transition("EXITED", self.last_exit)
+        self._transition(State.EXITED, self.last_exit)
 
     def kill(self, because):
         """SIGKILL, remembered so its exit is not mistaken for the kernel's OOM killer."""

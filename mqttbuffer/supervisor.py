@@ -25,7 +25,7 @@ from mqttbuffer.exitcodes import EX_CONFIG, EX_TEMPFAIL
 from mqttbuffer.health import HealthChecks
 from mqttbuffer.metrics import MetricsServer
 from mqttbuffer.metrics import render as render_metrics
-from mqttbuffer.slots import Slot
+from mqttbuffer.slots import Slot, State
 from mqttbuffer.stats import GAUGES, TEXTS, SharedStats
 from mqttbuffer.status import Rates, buffer_and_circuit, connections, counters, stats_line
 from mqttbuffer.systemd import Notifier
@@ -213,7 +213,7 @@ class Supervisor:
 
     def _notify_systemd(self, now):
         # Sent from this loop only, so a hung loop stops the watchdog pings and systemd steps in.
-        if not self.ready_sent and all(s.state == "RUNNING" for s in self.slots.values()):
+        if not self.ready_sent and all(s.state == State.RUNNING for s in self.slots.values()):
             self.ready_sent = True
             self.notifier.notify("READY=1", f"STATUS={self._status_line(now)}")
             log.info("All workers running")
