@@ -46,14 +46,20 @@ class Answer:
 class Forwarder(Worker):
     name = "forwarder"
 
+    def __init__(self, cfg, links_dir, stats, http=None):
+        """``http``: what sends the requests (urllib3's interface); by default a pool made in setup()."""
+        super().__init__(cfg, links_dir, stats)
+        self.http = http
+
     def setup(self):
         self.generation = self._wait_for_store()
         self.store = Store.open(self.cfg.buffer.persist_file)
         api = self.cfg.api
-        self.http = urllib3.PoolManager(
-            num_pools=1, maxsize=1, retries=False,
-            timeout=urllib3.Timeout(connect=min(10.0, api.timeout), read=api.timeout),
-        )
+        if self.http is None:
+            self.http = urllib3.PoolManager(
+                num_pools=1, maxsize=1, retries=False,
+                timeout=urllib3.Timeout(connect=min(10.0, api.timeout), read=api.timeout),
+            )
         self.headers = request_headers(api.key, api.headers)
         self.skipping_headers = skipping_duplicates(self.headers)
         self.shape = BodyShape(api.fields, api.constants)
