@@ -1,9 +1,10 @@
 """What every worker process shares: the life cycle after fork and the stop flag.
 
 ``__init__`` runs in the supervisor before fork and only stores arguments; ``setup()`` opens
-everything that owns a file descriptor; ``step(now)`` does one iteration; ``stop()`` only sets a
-flag, so it is safe in a signal handler (the signal also writes to ``wake_r``, which every worker
-includes in its waits, so it notices at once); ``shutdown()`` finishes cleanly.
+everything that owns a file descriptor; ``step(now)`` does one iteration (unit tests drive the
+workers through it, their broker and HTTP clients handed in); ``stop()`` only sets a flag, so it
+is safe in a signal handler (the signal also writes to ``wake_r``, which every worker includes in
+its waits, so it notices at once); ``shutdown()`` finishes cleanly.
 """
 
 import ctypes

@@ -66,9 +66,12 @@ class Batch:
 class Ingestor(Worker):
     name = "ingestor"
 
-    def __init__(self, cfg, links_dir, stats, client_id):
+    def __init__(self, cfg, links_dir, stats, client_id, broker_client=None):
+        """``broker_client``: the class of the MQTT connection made in setup() (default BrokerClient;
+        tests hand in a fake)."""
         super().__init__(cfg, links_dir, stats)
         self.client_id = client_id
+        self.broker_client = broker_client
 
     def setup(self):
         self._lock = threading.Lock()
@@ -91,7 +94,7 @@ class Ingestor(Worker):
         self._batch_number = 0
         self.link = None
         self.reconnector = ipc.Reconnector(os.path.join(self.links_dir, ipc.PERSISTER_LINK))
-        self.broker = BrokerClient(
+        self.broker = (self.broker_client or BrokerClient)(
             self.cfg.mqtt, self.client_id, self.cfg.topics, self.stats,
             self._on_message, self._on_connected, self._on_disconnected,
         )
