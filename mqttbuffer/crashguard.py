@@ -43,10 +43,10 @@ class CrashGuard:
         self.stats.set("handling_last_seq", INFINITY)
 
     def begin(self, rows):
-        """Rows (seq first, topic at 2, payload at 3) are being handled now."""
-        self.stats.set("handling_first_seq", rows[0][0])
-        self.stats.set("handling_last_seq", rows[-1][0])
-        self.stats.set("handling_bytes", sum(len(r[3]) + len(r[2].encode()) for r in rows))
+        """StoredMessages are being handled now."""
+        self.stats.set("handling_first_seq", rows[0].seq)
+        self.stats.set("handling_last_seq", rows[-1].seq)
+        self.stats.set("handling_bytes", sum(len(r.payload) + len(r.topic.encode()) for r in rows))
         self.stats.set("handling_count", len(rows))
 
     def done(self):

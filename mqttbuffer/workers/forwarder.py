@@ -176,10 +176,10 @@ class Forwarder(Worker):
         kind = d.classify(answer.status)
         answer_class = (answer.status or 0) // 100
         self.stats.add(f"requests_{answer_class}xx" if 2 <= answer_class <= 5 else "requests_error")
-        seqs = [row[0] for row in rows]
-        attempts_after = rows[0][7] + 1 if kind == d.FAILED and len(rows) == 1 else 0
+        seqs = [row.seq for row in rows]
+        attempts_after = rows[0].attempts + 1 if kind == d.FAILED and len(rows) == 1 else 0
         decision = self.policy.decide(kind, seqs, now, answer.retry_after, attempts_after,
-                                      note=(rows[0][1], rows[0][2], answer))
+                                      note=(rows[0].id, rows[0].topic, answer))
         if kind != d.DELIVERED:
             self.stats.add("requests_failed")
         action = decision.action
@@ -187,21 +187,21 @@ class Forwarder(Worker):
             self.store.delete(seqs)
             self.stats.add("delivered", len(rows))
             if kind == d.DUPLICATE:
-                self.log.info("Message %s: the API already holds its id (409), counted as delivered", rows[0][1])
+                self.log.info("Message %s: the API already holds its id (409), counted as delivered", rows[0].id)
             else:
                 self.log.info("Successfully sent %d messages", len(rows))
         elif action == d.DEAD_LETTER:
             if decision.reason == "retries_exhausted":
                 self.store.add_attempt(seqs[0])
-            self._dead_letter([seqs[0]], decision.reason, (rows[0][1], rows[0][2], answer))
+            self._dead_letter([seqs[0]], decision.reason, (rows[0].id, rows[0].topic, answer))
         elif action == d.COUNT_ATTEMPT:
             attempts = self.store.add_attempt(seqs[0])
             self.log.warning("Message %s (topic %s) failed with %s (attempt %d of %s); retrying in %.1fs",
-                             rows[0][1], rows[0][2], answer.problem, attempts,
+                             rows[0].id, rows[0].topic, answer.problem, attempts,
                              self.cfg.buffer.max_retries or "unlimited", decision.wait)
         elif action == d.SUSPECT:
             self.log.info("Message %s (topic %s) refused alone (%s); trying the next ones to tell whether"
-                          " the API refuses only this one", rows[0][1], rows[0][2], answer.problem)
+                          " the API refuses only this one", rows[0].id, rows[0].topic, answer.problem)
         elif action == d.RETRY and kind != d.UNAVAILABLE:
             self.log.debug("API answered %s for %d messages; splitting the batch", answer.problem, len(rows))
         for reason, group in _by_reason(decision.released):
@@ -222,7 +222,7 @@ class Forwarder(Worker):
                              reason, answer.problem, msg_id, topic, answer.excerpt[:200])
 
     def _post(self, rows, now):
-        body = self.shape.encode([row[1:7] for row in rows])
+        body = self.shape.encode([row.message for row in rows])
         self.stats.beat(self.name, now + self.cfg.api.timeout + STEP_BUDGET)
         self.stats.add("requests")
         headers = self.skipping_headers if self.policy.skip_duplicates else self.headers

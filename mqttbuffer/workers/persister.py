@@ -122,7 +122,7 @@ class Persister(Worker):
         fitting = 0
         for _, _, rows in self.uncommitted:
             count += len(rows)
-            size += sum(message_size(r[1], r[2]) for r in rows)
+            size += sum(message_size(topic, payload) for _, topic, payload, *_ in rows)
             if (count > buffer.max_size or size > buffer.max_bytes) and (fitting or stored):
                 break
             fitting += 1

@@ -11,7 +11,7 @@ import urllib3
 from mqttbuffer.crashguard import CrashGuard
 from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import SharedStats
-from mqttbuffer.store import Store
+from mqttbuffer.store import Store, StoredMessage
 
 
 def rows(start, count, payload=b"x" * 10):
@@ -60,7 +60,7 @@ def test_a_death_mid_batch_halves_the_next_batches_and_a_message_that_kills_twic
     stats = SharedStats()
     guard = CrashGuard(stats)
     assert guard.limits(500, 1 << 20) == (500, 1 << 20) and guard.death is None
-    batch = [(7 + n, f"id{n}", "t/a", b"p" * 97) for n in range(8)]
+    batch = [StoredMessage(7 + n, f"id{n}", "t/a", b"p" * 97, 1, 0, 1.7e9, 0) for n in range(8)]
     guard.begin(batch)
     guard.dying(RecursionError("maximum recursion depth exceeded\nmore"))
     # The successor:
