@@ -44,30 +44,68 @@ one small probe batch; success closes, failure re-opens.
 """
 
 import email.utils
+import enum
 
 from mqttbuffer.delays import scaled
 
-DELIVERED, DUPLICATE, REFUSED, TOO_LARGE, REJECTED, UNAVAILABLE, FAILED = (
-    "delivered", "duplicate", "refused", "too_large", "rejected", "unavailable", "failed")
+
+class Kind(enum.StrEnum):
+    """What an answer means (``classify``)."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    TOO_LARGE = "too_large"
+    REJECTED = "rejected"
+    UNAVAILABLE = "unavailable"
+    FAILED = "failed"
+
+
+class Action(enum.StrEnum):
+    """What the forwarder does with the batch it sent (``Decision.action``)."""
+
+    DELETE = "delete"
+    DEAD_LETTER = "dead_letter"
+    RETRY = "retry"
+    COUNT_ATTEMPT = "count_attempt"
+    SUSPECT = "suspect"
+    HOLD = "hold"
+
+
+class ApiState(enum.StrEnum):
+    """The API as the operator sees it; the shared stats keep the index (stats.API_STATES)."""
+
+    OK = "ok"
+    REFUSING = "refusing"
+    UNREACHABLE = "unreachable"
+    FAILING = "failing"
+
+
+class Circuit(enum.StrEnum):
+    """The circuit breaker's state; the shared stats keep the index (stats.CIRCUIT_STATES)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half-open"
+
+
+# The members under short names, as the forwarder and the tests use them (d.DELETE, d.OPEN).
+DELIVERED, DUPLICATE, REFUSED, TOO_LARGE, REJECTED, UNAVAILABLE, FAILED = Kind
+DELETE, DEAD_LETTER, RETRY, COUNT_ATTEMPT, SUSPECT, HOLD = Action
+OK, REFUSING, UNREACHABLE, FAILING = ApiState
+CLOSED, OPEN, HALF_OPEN = Circuit
 ENDPOINT_STATUSES = frozenset({401, 403, 404, 405, 407, 410, 411, 414, 415, 426, 431})
 UNAVAILABLE_STATUSES = frozenset({408, 429, 502, 503, 504})
 
-# What the forwarder does with the batch it sent.
-DELETE, DEAD_LETTER, RETRY, COUNT_ATTEMPT, SUSPECT, HOLD = (
-    "delete", "dead_letter", "retry", "count_attempt", "suspect", "hold")
 # Dead-letter reasons for a refused or failed message.
 REASONS = {REJECTED: "rejected", REFUSED: "rejected", DUPLICATE: "rejected", TOO_LARGE: "too_large",
            FAILED: "retries_exhausted"}
-# The API as the operator sees it (stats.API_STATES).
-OK, REFUSING, UNREACHABLE, FAILING = "ok", "refusing", "unreachable", "failing"
 
 BACKOFF_STEPS = scaled(2.0, 4.0, 8.0, 16.0, 32.0)
 HOLD_FIRST_WAIT = scaled(2.0)
 JITTER = 0.2
 PROBE_SIZE = 10
 MAX_SUSPECTS = 3
-
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 def classify(status):

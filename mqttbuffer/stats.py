@@ -9,6 +9,8 @@ as long as the supervisor, so counters survive worker restarts.
 import multiprocessing
 import time
 
+from mqttbuffer.delivery import ApiState, Circuit
+
 COUNTERS = (
     "received",            # ingestor: messages taken from the broker
     "persisted",           # persister: messages committed to the store (new ids)
@@ -62,8 +64,8 @@ TEXTS = (
     "forwarder_crash",     # forwarder: first line of the exception it is dying of ("" otherwise)
 )
 TEXT_BYTES = 240
-API_STATES = ("ok", "refusing", "unreachable", "failing")
-CIRCUIT_STATES = ("closed", "open", "half-open")
+API_STATES = tuple(ApiState)
+CIRCUIT_STATES = tuple(Circuit)
 WORKER_NAMES = ("persister", "ingestor", "forwarder")  # the one list of workers, in start order
 HEARTBEATS = tuple(f"heartbeat_{name}" for name in WORKER_NAMES)
 LAST_BEATS = tuple(f"last_beat_{name}" for name in WORKER_NAMES)

@@ -15,6 +15,7 @@ and so lets the broker hold the rest: that is what ``overflow: block`` and a ful
 retried every ``RETRY_COMMIT_AFTER`` seconds, logged once when they start and once when they end.
 """
 
+import enum
 import os
 import sqlite3
 import time
@@ -35,6 +36,13 @@ DAY = 86400.0
 PLAUSIBLE_EPOCH = 1_700_000_000.0
 
 
+class Problem(enum.StrEnum):
+    """Why the persister holds commits back (and so acks nothing)."""
+
+    FULL = "full"    # overflow: block, and the store is at a bound
+    ERROR = "error"  # the commit failed: a full disk, an I/O or store error
+
+
 class Persister(Worker):
     name = "persister"
 
@@ -49,7 +57,7 @@ class Persister(Worker):
         self.uncommitted = []
         self.flush_wanted = False  # the ingestor asked for a commit now
         self.commit_at = 0.0
-        self.problem = None  # why commits are held back: "full", "error", or None
+        self.problem = None  # a Problem while commits are held back
         self.dropped_unlogged = 0
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
@@ -140,7 +148,7 @@ class Persister(Worker):
         fitting = self._batches_that_fit()
         if not fitting:
             count, size = self.store.totals()
-            self._hold(now, "full", f"buffer full (overflow: block): {count} messages, {size} bytes",
+            self._hold(now, Problem.FULL, f"buffer full (overflow: block): {count} messages, {size} bytes",
                        "Buffer full (%d messages, %d bytes): not acking until the forwarder"
                        " frees space (overflow: block)", count, size)
             return
@@ -159,7 +167,7 @@ class Persister(Worker):
                 return
             full = "full" in str(exc)
             path = self.cfg.buffer.persist_file
-            self._hold(now, "error", f"disk full: {path}" if full else f"cannot commit to {path}: {exc}",
+            self._hold(now, Problem.ERROR, f"disk full: {path}" if full else f"cannot commit to {path}: {exc}",
                        "Cannot commit %d messages to %s: %s%s; not acking until it works again",
                        len(rows), self.cfg.buffer.persist_file, exc,
                        " (no space left on the device)" if full else "")
