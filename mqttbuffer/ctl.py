@@ -1,4 +1,4 @@
-"""``mqttbufferctl``: the daemon's status, restarting a worker, and the dead letters in the store.
+"""``mqttbufferctl``: the daemon's status, restarting a worker, dead letters, and ``doctor``.
 
 ``dead-letters`` works with the daemon stopped too: it then opens the store the config names.
 ``doctor`` needs no daemon: it tries the config's store, broker and API itself (see doctor.py)
