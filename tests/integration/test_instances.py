@@ -104,13 +104,13 @@ def test_a_control_socket_flood_under_1024_descriptors_does_not_stop_supervision
     assert daemon.status()["workers"]["forwarder"]["alive"]
 
 
-def test_control_socket_that_cannot_be_created_exits_78_with_one_line(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--check"]], ids=["run", "check"])
+def test_control_socket_that_cannot_be_created_exits_78_with_one_line(tmp_path, extra):
     (tmp_path / "plain-file").write_text("")
     config = tmp_path / "config.yaml"
     config.write_text(f"api: {{url: 'http://127.0.0.1:9/x'}}\nbuffer: {{persist_file: '{tmp_path}/buffer.db'}}\n"
                       f"control: {{socket: '{tmp_path}/plain-file/control.sock'}}\n")
-    for extra in ([], ["--check"]):
-        result = subprocess.run([sys.executable, "-m", "mqttbuffer", "--config", str(config), *extra],
-                                capture_output=True, text=True, timeout=30)
-        assert result.returncode == 78
-        assert len(result.stderr.strip().splitlines()) == 1 and "control.socket: cannot create" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer", "--config", str(config), *extra],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78
+    assert len(result.stderr.strip().splitlines()) == 1 and "control.socket: cannot create" in result.stderr
