@@ -13,7 +13,7 @@ from mqttbuffer.errors import ConfigError
 from mqttbuffer.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
 from mqttbuffer.lock import StoreLocked, lock_store
 from mqttbuffer.logs import setup_logging
-from mqttbuffer.store import Store, StoreError
+from mqttbuffer.store import Store, StoreDamaged, StoreError
 
 DEFAULT_CONFIG = "/etc/mqttbuffer/config.yaml"
 
@@ -60,6 +60,9 @@ def main(argv=None):
         # Opened once before forking to create the schema and fail early; the supervisor keeps no
         # connection, each worker opens its own.
         Store.open(cfg.buffer.persist_file).close()
+    except StoreDamaged as exc:
+        # Not a config error (exit 78 would keep systemd from restarting): the persister salvages it.
+        logging.getLogger("mqttbuffer").warning("%s; starting anyway to salvage it", exc)
     except StoreError as exc:
         print(f"mqttbuffer: {args.config}: buffer.persist_file: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -133,6 +133,10 @@ class StoreError(Exception):
     """The store file cannot be used (not a database, unwritable directory, ...)."""
 
 
+class StoreDamaged(StoreError):
+    """The store file is damaged: not the operator's to fix, the persister salvages it."""
+
+
 def is_corruption(exc):
     """Whether an sqlite3 error says the file is damaged (not busy, full or unreachable)."""
     return isinstance(exc, sqlite3.DatabaseError) and (
@@ -147,6 +151,7 @@ class Store:
 
     @classmethod
     def open(cls, path):
+        db = None
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -175,11 +180,22 @@ class Store:
                     db.execute(_COUNT_TOTALS)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            _close(db)
             if "not a database" in str(exc):
                 raise StoreError(f"{path} is not an SQLite database; move it away or choose another file") from None
+            if is_corruption(exc):
+                raise StoreDamaged(f"{path}: {exc}") from None
             raise StoreError(f"{path}: {exc}") from None
         except OSError as exc:
+            _close(db)
             raise StoreError(f"{path}: {exc.strerror or exc}") from None
+        return cls(db)
+
+    @classmethod
+    def damaged(cls, path):
+        """A plain connection to a store ``open`` found damaged: enough for salvage to read what it can."""
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return cls(db)
 
     def close(self):
@@ -426,6 +442,12 @@ def _plausible(row):
     return (isinstance(msg_id, str) and isinstance(topic, str) and isinstance(payload, bytes)
             and qos in (0, 1) and retain in (0, 1) and isinstance(attempts, int)
             and isinstance(received_at, (int, float)) and 0 <= received_at < 1e11)
+
+
+def _close(db):
+    if db is not None:
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
 
 
 def _id_filter(ids):

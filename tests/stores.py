@@ -42,3 +42,14 @@ def damage(path, size=16 * 1024, rng_state=5):
     with open(path, "r+b") as f:
         f.seek(os.path.getsize(path) // 2)
         f.write(random.Random(rng_state).randbytes(size))
+
+
+def damage_table(path, table):
+    """Garbage over the root page of ``table`` (for totals, its only page), where Store.open reads."""
+    db = sqlite3.connect(path)
+    page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    db.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(random.Random(7).randbytes(page_size))

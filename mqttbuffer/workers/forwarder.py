@@ -22,7 +22,7 @@ from mqttbuffer.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.crashguard import CrashGuard
 from mqttbuffer.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import CIRCUIT_STATES
-from mqttbuffer.store import Store, is_corruption
+from mqttbuffer.store import Store, StoreDamaged, is_corruption
 from mqttbuffer.wire import BodyShape
 from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
@@ -53,7 +53,7 @@ class Forwarder(Worker):
 
     def setup(self):
         self.generation = self._wait_for_store()
-        self.store = Store.open(self.cfg.buffer.persist_file)
+        self.store = self._open_store()
         api = self.cfg.api
         if self.http is None:
             self.http = urllib3.PoolManager(
@@ -115,6 +115,15 @@ class Forwarder(Worker):
             self.drain_wakeups()
         return generation
 
+    def _open_store(self):
+        """Open the store; a damaged one is reported to the persister, which salvages it."""
+        try:
+            return Store.open(self.cfg.buffer.persist_file)
+        except StoreDamaged as exc:
+            self.log.warning("Cannot open the store: %s; waiting for the persister to salvage it", exc)
+            self.stats.set("store_read_failed", self.generation + 1)
+            return Store.damaged(self.cfg.buffer.persist_file)
+
     def _follow_store(self):
         """Close the store when the persister asks, reopen it when the salvaged copy is in place."""
         if self.stats.get("store_generation") == self.generation:
@@ -124,7 +133,7 @@ class Forwarder(Worker):
         self.generation = self._wait_for_store()
         if self.stopping:
             return False
-        self.store = Store.open(self.cfg.buffer.persist_file)
+        self.store = self._open_store()
         self.oldest_seq = None
         self.log.info("Reopened the store %s", self.cfg.buffer.persist_file)
         return True

@@ -23,7 +23,7 @@ import time
 from mqttbuffer import ipc
 from mqttbuffer.delays import scaled
 from mqttbuffer.retention import RetentionGuard
-from mqttbuffer.store import Store, is_corruption, message_size
+from mqttbuffer.store import Store, StoreDamaged, is_corruption, message_size
 from mqttbuffer.workers.base import Worker
 from mqttbuffer.workers.storecare import StoreCare
 
@@ -47,10 +47,12 @@ class Persister(Worker):
     name = "persister"
 
     def setup(self):
-        self.store = Store.open(self.cfg.buffer.persist_file)
-        self.log.info("Loaded %d messages from disk", self.store.totals()[0])
-        self.care = StoreCare(self)
-        self.care.check_marker()
+        damage = None
+        try:
+            self.store = Store.open(self.cfg.buffer.persist_file)
+        except StoreDamaged as exc:
+            # Damaged where opening reads (the schema, the totals): salvage needs no more than a connection.
+            self.store, damage = Store.damaged(self.cfg.buffer.persist_file), exc
         self.listener = ipc.Listener(os.path.join(self.links_dir, ipc.PERSISTER_LINK))
         self.links = []
         # (link, batch number, rows) received and not yet committed, in arrival order
@@ -62,6 +64,12 @@ class Persister(Worker):
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
         self.retention = RetentionGuard(self.cfg.buffer.message_retention_days * DAY, time.monotonic(), time.time())
+        self.care = StoreCare(self)
+        if damage is not None:
+            self.care.check(time.monotonic(), damage)
+        else:
+            self.log.info("Loaded %d messages from disk", self.store.totals()[0])
+            self.care.check_marker()
 
     def step(self, now):
         if not self.uncommitted:

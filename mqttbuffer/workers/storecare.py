@@ -17,7 +17,7 @@ import time
 
 from mqttbuffer.marker import loss, read_marker, write_marker
 from mqttbuffer.salvage import salvage
-from mqttbuffer.store import Store, StoreError, is_corruption
+from mqttbuffer.store import Store, StoreDamaged, StoreError, is_corruption
 from mqttbuffer.workers.base import STEP_BUDGET
 
 MARK_EVERY = 10.0
@@ -78,7 +78,10 @@ class StoreCare:
         try:
             self.p.store.totals()
         except sqlite3.ProgrammingError:  # salvage closed it before failing
-            self.p.store = Store.open(self.path)
+            try:
+                self.p.store = Store.open(self.path)
+            except StoreDamaged:
+                self.p.store = Store.damaged(self.path)
         except sqlite3.Error:
             pass  # still open, still damaged: the next attempt reads it again
 

@@ -8,7 +8,7 @@ import pytest
 
 from mqttbuffer.store import Store
 from tests.conftest import assert_all_arrived, wait_until
-from tests.stores import damage
+from tests.stores import damage, damage_table
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +43,20 @@ def test_a_store_with_a_damaged_page_is_salvaged_and_delivery_goes_on(mosquitto,
     assert [f for f in os.listdir(os.path.dirname(path)) if ".corrupt-" in f]
     persister = daemon.status()["persister"]
     assert "salvaged" in persister["store_notice"] and not persister["blocked"]
+
+
+def test_a_store_damaged_where_opening_reads_starts_and_is_salvaged(mosquitto, sink, make_daemon, publisher):
+    daemon = make_daemon(mosquitto, sink)
+    path = daemon.config["buffer"]["persist_file"]
+    os.makedirs(os.path.dirname(path))
+    prefill(path, 300)
+    damage_table(path, "totals")
+    daemon.start()
+    accepted = publisher.publish(100, rate=500).accepted()
+    assert_all_arrived(sink, accepted, timeout=30)
+    wait_until(lambda: len({m["id"] for m in sink.delivered() if m["topic"] == "test/old"}) == 300, 30,
+               "the salvaged messages")
+    assert "salvaged 300 messages" in daemon.status()["persister"]["store_notice"]
 
 
 def test_a_store_truncated_to_nothing_is_reported(mosquitto, sink, make_daemon, publisher):

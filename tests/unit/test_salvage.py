@@ -9,8 +9,11 @@ import pytest
 
 from mqttbuffer.marker import loss, read_marker, write_marker
 from mqttbuffer.salvage import salvage
-from mqttbuffer.store import Store, is_corruption
-from tests.stores import damage
+from mqttbuffer.config import load_config
+from mqttbuffer.stats import SharedStats
+from mqttbuffer.store import Store, StoreDamaged, is_corruption
+from mqttbuffer.workers.persister import Persister
+from tests.stores import damage, damage_table
 
 
 def fill(path, count=3000):
@@ -41,6 +44,28 @@ def test_a_damaged_page_is_salvaged_row_by_row(tmp_path):
     assert {d["id"] for d in fresh.dead_letters()} == {"id0", "id1"}
     fresh.insert([("new", "t/a", b"1", 1, 0, time.time())])
     assert fresh.totals()[0] == saved + 1
+    fresh.close()
+
+
+def test_a_store_damaged_where_opening_reads_is_salvaged_by_the_persister(tmp_path):
+    path = str(tmp_path / "buffer.db")
+    fill(path)
+    damage_table(path, "totals")
+    with pytest.raises(StoreDamaged):
+        Store.open(path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"api: {{url: 'http://127.0.0.1:9/ingest'}}\nbuffer: {{persist_file: '{path}'}}\n")
+    persister = Persister(load_config(str(config), environ={}), str(tmp_path), SharedStats())
+    persister.wake_r, persister.wake_w = os.pipe()
+    try:
+        persister.setup()
+        assert persister.care.damage is None and persister.store.totals()[0] == 2998
+        persister.shutdown()
+    finally:
+        os.close(persister.wake_r)
+        os.close(persister.wake_w)
+    fresh = Store.open(path)
+    assert len(fresh.oldest(5000)) == 2998 and len(fresh.dead_letters()) == 2
     fresh.close()
 
 
