@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from mqttbuffer.config import load_config
 from mqttbuffer.marker import loss, read_marker, write_marker
 from mqttbuffer.salvage import salvage
-from mqttbuffer.config import load_config
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.store import Store, StoreDamaged, is_corruption
 from mqttbuffer.workers.persister import Persister
