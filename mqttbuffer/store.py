@@ -392,14 +392,15 @@ class Store:
     # --- salvage ------------------------------------------------------------------------------
 
     def readable(self, table, beat=lambda: None):
-        """Every row of ``messages`` or ``dead_letters`` that can still be read, oldest first.
+        """Every row of ``messages`` or ``dead_letters`` that can still be read, oldest first, seq first.
 
         A damaged page can end a scan early, with or without an error, so the seqs are gathered
         from scans in both directions and from the id index (a separate b-tree); then every seq
         between the lowest and the highest found is looked up on its own (a lookup goes straight
         down the tree and so reaches pages a scan cannot), and a row that cannot be read, or
         reads as garbage, is skipped."""
-        columns = _COLUMNS if table == "messages" else _DL_COLUMNS
+        # With its seq: the forwarder's suspects and the crash guard name messages by seq.
+        columns = f"seq, {_COLUMNS if table == 'messages' else _DL_COLUMNS}"
         seqs = set()
         queries = [f"SELECT seq FROM {table} ORDER BY seq", f"SELECT seq FROM {table} ORDER BY seq DESC"]
         if table == "messages":
@@ -422,11 +423,11 @@ class Store:
         return rows
 
     def restore(self, messages, dead_letters):
-        """Fill a fresh store with rows from ``readable`` (in order); return (messages, dead letters) added."""
+        """Fill a fresh store with rows from ``readable``, seqs kept; return (messages, dead letters) added."""
         added = [0, 0]
         for index, (rows, sql) in enumerate((
-                (messages, f"INSERT OR IGNORE INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-                (dead_letters, f"INSERT INTO dead_letters ({_DL_COLUMNS}) VALUES ({', '.join('?' * 11)})"))):
+                (messages, f"INSERT OR IGNORE INTO messages (seq, {_COLUMNS}) VALUES ({', '.join('?' * 8)})"),
+                (dead_letters, f"INSERT INTO dead_letters (seq, {_DL_COLUMNS}) VALUES ({', '.join('?' * 12)})"))):
             for start in range(0, len(rows), 1000):
                 with _transaction(self._db):
                     added[index] += self._db.executemany(sql, rows[start:start + 1000]).rowcount
@@ -438,8 +439,8 @@ class Store:
 
 def _plausible(row):
     """Whether a row read from a damaged file has the shape of a message (garbage can read as a row)."""
-    msg_id, topic, payload, qos, retain, received_at, attempts = row[:7]
-    return (isinstance(msg_id, str) and isinstance(topic, str) and isinstance(payload, bytes)
+    seq, msg_id, topic, payload, qos, retain, received_at, attempts = row[:8]
+    return (isinstance(seq, int) and isinstance(msg_id, str) and isinstance(topic, str) and isinstance(payload, bytes)
             and qos in (0, 1) and retain in (0, 1) and isinstance(attempts, int)
             and isinstance(received_at, (int, float)) and 0 <= received_at < 1e11)
 

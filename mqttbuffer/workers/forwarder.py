@@ -135,6 +135,10 @@ class Forwarder(Worker):
             return False
         self.store = self._open_store()
         self.oldest_seq = None
+        # Salvage keeps every seq; should one name another message now, a 2xx must not dead-letter
+        # it as a suspect, nor a later death quarantine it.
+        self.policy.suspects.clear()
+        self.guard.clear()
         self.log.info("Reopened the store %s", self.cfg.buffer.persist_file)
         return True
 

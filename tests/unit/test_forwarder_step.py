@@ -99,3 +99,15 @@ def test_a_503_waits_for_retry_after_before_the_next_request(forwarder):
     assert not worker.policy.may_send(now + 29)
     worker.step(now + 31)
     assert len(http.bodies) == 2 and store.totals()[0] == 0
+
+
+def test_a_salvaged_store_leaves_no_suspect_nor_crash_guard_behind(forwarder):
+    http = FakeHTTP((201, {}, b""))
+    worker, store = forwarder(http)
+    worker.policy.suspects[1] = ("rejected", None)
+    worker.stats.set("handling_count", 1)
+    worker.stats.set("handling_last_seq", 1)
+    worker.stats.set("store_generation", worker.generation + 2)  # the persister salvaged the store
+    worker.step(time.monotonic())
+    assert [m["id"] for m in http.bodies[0]] == ["id0", "id1", "id2"]
+    assert store.dead_letter_count() == 0 and worker.stats.get("handling_count") == 0

@@ -39,8 +39,10 @@ def test_a_damaged_page_is_salvaged_row_by_row(tmp_path):
     fresh = Store.open(path)
     rows = fresh.oldest(5000)
     assert len(rows) == saved == fresh.totals()[0]
-    numbers = [int(r[1][2:]) for r in rows]
+    numbers = [int(r.id[2:]) for r in rows]
     assert numbers == sorted(numbers)  # order kept
+    # Seqs kept: the forwarder's suspects and the crash guard name messages by seq.
+    assert all(r.seq == int(r.id[2:]) + 1 for r in rows)
     assert {d["id"] for d in fresh.dead_letters()} == {"id0", "id1"}
     fresh.insert([("new", "t/a", b"1", 1, 0, time.time())])
     assert fresh.totals()[0] == saved + 1
