@@ -19,8 +19,6 @@ def salvage(store, path, beat=lambda: None):
 
     Closes ``store``; returns (messages saved, messages the damaged file said it held or None,
     dead letters saved, where the damaged file now is)."""
-    messages = store.readable("messages", beat)
-    dead_letters = store.readable("dead_letters", beat)
     claimed = None
     with contextlib.suppress(Exception):
         claimed = store.totals()[0]
@@ -30,7 +28,8 @@ def salvage(store, path, beat=lambda: None):
             os.unlink(fresh_path + suffix)
     fresh = Store.open(fresh_path)
     try:
-        saved, saved_dead = fresh.restore(messages, dead_letters)
+        # Chunk by chunk as they are read: a store of large messages never sits in memory whole.
+        saved, saved_dead = fresh.restore(store.readable("messages", beat), store.readable("dead_letters", beat))
     finally:
         fresh.close()
     with contextlib.suppress(Exception):

@@ -98,6 +98,9 @@ CORRUPTION_CODES = (11, 26)
 _DL_COLUMNS = f"{_COLUMNS}, reason, status, excerpt, dead_at"
 # Looking up every seq between the lowest and highest found costs ~10 us each: 10 s at most.
 SALVAGE_LOOKUP_SPAN = 1_000_000
+# What salvage holds in memory at once, far below a worker's memory limit whatever the messages' size.
+SALVAGE_CHUNK = 1_000
+SALVAGE_CHUNK_BYTES = 4 * 2**20
 
 
 class Message(NamedTuple):
@@ -392,7 +395,9 @@ class Store:
     # --- salvage ------------------------------------------------------------------------------
 
     def readable(self, table, beat=lambda: None):
-        """Every row of ``messages`` or ``dead_letters`` that can still be read, oldest first, seq first.
+        """Every row of ``messages`` or ``dead_letters`` that can still be read, oldest first, seq
+        first, in lists of at most ``SALVAGE_CHUNK`` rows or about ``SALVAGE_CHUNK_BYTES`` (a store
+        is never held whole in memory).
 
         A damaged page can end a scan early, with or without an error, so the seqs are gathered
         from scans in both directions and from the id index (a separate b-tree); then every seq
@@ -401,36 +406,48 @@ class Store:
         reads as garbage, is skipped."""
         # With its seq: the forwarder's suspects and the crash guard name messages by seq.
         columns = f"seq, {_COLUMNS if table == 'messages' else _DL_COLUMNS}"
-        seqs = set()
         queries = [f"SELECT seq FROM {table} ORDER BY seq", f"SELECT seq FROM {table} ORDER BY seq DESC"]
         if table == "messages":
             queries.append("SELECT seq FROM messages INDEXED BY sqlite_autoindex_messages_1")
-        for query in queries:
-            beat()
-            with contextlib.suppress(sqlite3.DatabaseError):
-                for (seq,) in self._db.execute(query):
-                    seqs.add(seq)
-        if seqs and max(seqs) - min(seqs) < SALVAGE_LOOKUP_SPAN:
-            seqs = range(min(seqs), max(seqs) + 1)
-        rows = []
-        for n, seq in enumerate(sorted(seqs)):
-            if n % 1000 == 0:
+        low = high = None
+        for seq in self._scanned(queries, beat):
+            low, high = (seq, seq) if low is None else (min(low, seq), max(high, seq))
+        if low is None:
+            return
+        seqs = range(low, high + 1) if high - low < SALVAGE_LOOKUP_SPAN else sorted(set(self._scanned(queries, beat)))
+        chunk, size = [], 0
+        for n, seq in enumerate(seqs):
+            if n % SALVAGE_CHUNK == 0:
                 beat()
             with contextlib.suppress(sqlite3.DatabaseError, UnicodeDecodeError):
                 row = self._db.execute(f"SELECT {columns} FROM {table} WHERE seq = ?", (seq,)).fetchone()
                 if row is not None and _plausible(row):
-                    rows.append(row)
-        return rows
+                    chunk.append(row)
+                    size += len(row[3])
+            if len(chunk) == SALVAGE_CHUNK or size >= SALVAGE_CHUNK_BYTES:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def _scanned(self, queries, beat):
+        """The seqs each query finds, up to where it fails."""
+        for query in queries:
+            beat()
+            with contextlib.suppress(sqlite3.DatabaseError):
+                for (seq,) in self._db.execute(query):
+                    yield seq
 
     def restore(self, messages, dead_letters):
-        """Fill a fresh store with rows from ``readable``, seqs kept; return (messages, dead letters) added."""
+        """Fill a fresh store with the chunks of rows ``readable`` yields, seqs kept, a transaction
+        per chunk; return (messages, dead letters) added."""
         added = [0, 0]
-        for index, (rows, sql) in enumerate((
+        for index, (chunks, sql) in enumerate((
                 (messages, f"INSERT OR IGNORE INTO messages (seq, {_COLUMNS}) VALUES ({', '.join('?' * 8)})"),
                 (dead_letters, f"INSERT INTO dead_letters (seq, {_DL_COLUMNS}) VALUES ({', '.join('?' * 12)})"))):
-            for start in range(0, len(rows), 1000):
+            for chunk in chunks:
                 with _transaction(self._db):
-                    added[index] += self._db.executemany(sql, rows[start:start + 1000]).rowcount
+                    added[index] += self._db.executemany(sql, chunk).rowcount
         return tuple(added)
 
     def max_seq(self):

@@ -4,6 +4,7 @@ a store that lost what the last run left is noticed."""
 import os
 import sqlite3
 import time
+import tracemalloc
 
 import pytest
 
@@ -69,6 +70,21 @@ def test_a_store_damaged_where_opening_reads_is_salvaged_by_the_persister(tmp_pa
     fresh = Store.open(path)
     assert len(fresh.oldest(5000)) == 2998 and len(fresh.dead_letters()) == 2
     fresh.close()
+
+
+def test_salvage_holds_a_chunk_of_rows_in_memory_not_the_store(tmp_path):
+    path = str(tmp_path / "buffer.db")
+    store = Store.open(path)
+    payload = b"x" * 16384
+    store.insert([(f"id{n}", "t/a", payload + b"%d" % n, 1, 0, time.time()) for n in range(2000)])  # 32 MiB
+    tracemalloc.start()
+    try:
+        saved = salvage(store, path)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    print(f"salvaged {saved} messages of 16 KiB, peak {peak / 2**20:.1f} MiB")
+    assert saved == 2000 and peak < 12 * 2**20
 
 
 @pytest.mark.parametrize("pending, max_seq, lost", [
