@@ -10,6 +10,7 @@ is a few dozen lines of text.
 import logging
 import socket
 
+from mqttbuffer.listening import Listening
 from mqttbuffer.stats import API_STATES, CIRCUIT_STATES
 
 MAX_REQUEST = 8192
@@ -104,69 +105,33 @@ def parse_listen(text):
     return host, int(port)
 
 
-class _Client:
-    def __init__(self, sock, now):
-        self.sock = sock
-        self.buffer = b""
-        self.reply = b""
-        self.deadline = now + CLIENT_TIMEOUT
-
-    def fileno(self):
-        return self.sock.fileno()
-
-
-class MetricsServer:
+class MetricsServer(Listening):
     """A minimal HTTP/1.0 server for one resource, driven by the supervisor's loop."""
 
     def __init__(self, listen, render_text):
         host, port = parse_listen(listen)
         self.render_text = render_text
-        self.clients = []
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind((host, port))
-            self.sock.listen(16)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(16)
         except OSError:
-            self.sock.close()
+            sock.close()
             raise
-        self.sock.setblocking(False)
+        sock.setblocking(False)
+        super().__init__(sock, "Metrics", log, MAX_CLIENTS, CLIENT_TIMEOUT)
 
     @property
     def address(self):
         return self.sock.getsockname()[:2]
 
-    def waitables(self):
-        return [self.sock, *self.clients]
-
-    def next_deadline(self):
-        return min((c.deadline for c in self.clients), default=None)
-
-    def serve(self, ready, now):
-        if self.sock in ready:
-            self._accept(now)
-        for client in list(self.clients):
-            if client.reply:
-                self._send(client)
-            elif client in ready:
-                self._read(client)
-            if client in self.clients and now >= client.deadline:
-                self._drop(client)
-
-    def _accept(self, now):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of descriptors: the next loop tries again
-                log.debug("metrics: accept failed: %s", exc)
-                return
-            conn.setblocking(False)
-            if len(self.clients) >= MAX_CLIENTS:
-                self._drop(self.clients[0])
-            self.clients.append(_Client(conn, now))
+    def serve_client(self, client, readable):
+        if client.reply:
+            self._send(client)
+        elif readable:
+            self._read(client)
 
     def _read(self, client):
         try:
@@ -206,20 +171,6 @@ class MetricsServer:
         client.reply = client.reply[sent:]
         if not client.reply:
             self._drop(client)
-
-    def _drop(self, client):
-        self.clients.remove(client)
-        client.sock.close()
-
-    def close_in_child(self):
-        """In a forked worker: close the inherited sockets (the supervisor keeps serving)."""
-        for sock in (self.sock, *(c.sock for c in self.clients)):
-            sock.close()
-
-    def close(self):
-        for client in list(self.clients):
-            self._drop(client)
-        self.sock.close()
 
 
 def _response(status, body, content_type, head):

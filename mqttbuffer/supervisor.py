@@ -156,7 +156,7 @@ class Supervisor:
         waitables = [wake_r, *self.control.waitables(now), *(s.sentinel() for s in self.slots.values() if s.sentinel())]
         if self.metrics:
             deadlines.append(self.metrics.next_deadline())
-            waitables += self.metrics.waitables()
+            waitables += self.metrics.waitables(now)
         timeout = max(0.0, min(d for d in deadlines if d is not None) - now)
         ready = multiprocessing.connection.wait(waitables, timeout)
         try:

@@ -1,11 +1,14 @@
-"""The control socket under abuse: clients capped, EMFILE survived, a live socket never taken."""
+"""The control socket and the metrics endpoint under abuse: clients capped, EMFILE survived
+(without spinning the supervisor's loop), a live socket never taken."""
 
 import errno
 import socket
 
 import pytest
 
-from mqttbuffer.control.server import MAX_CLIENTS, ControlServer, SocketInUse
+from mqttbuffer.control.server import ControlServer, SocketInUse
+from mqttbuffer.metrics import MetricsServer
+from tests.conftest import free_port
 
 
 class OutOfDescriptors:
@@ -24,9 +27,12 @@ class OutOfDescriptors:
         self.sock.close()
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = ControlServer(str(tmp_path / "control.sock"), {"status": lambda request: {"ok": True}})
+@pytest.fixture(params=["control", "metrics"])
+def server(request, tmp_path):
+    if request.param == "control":
+        s = ControlServer(str(tmp_path / "control.sock"), {"status": lambda request: {"ok": True}})
+    else:
+        s = MetricsServer(f"127.0.0.1:{free_port()}", lambda: "")
     yield s
     s.close()
 
@@ -34,16 +40,19 @@ def server(tmp_path):
 def connect(server, count):
     clients = []
     for _ in range(count):
-        c = socket.socket(socket.AF_UNIX)
-        c.connect(server.path)
+        if isinstance(server, ControlServer):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(server.path)
+        else:
+            c = socket.create_connection(server.address)
         clients.append(c)
         server.serve([server.sock], 0.0)
     return clients
 
 
 def test_idle_clients_are_capped_the_oldest_dropped_first(server):
-    clients = connect(server, MAX_CLIENTS + 6)
-    assert len(server.clients) == MAX_CLIENTS
+    clients = connect(server, server.max_clients + 6)
+    assert len(server.clients) == server.max_clients
     assert clients[0].recv(10) == b""  # the oldest was closed
     for c in clients:
         c.close()
@@ -63,9 +72,11 @@ def test_emfile_drops_the_oldest_clients_or_pauses_accepting(server, caplog):
         c.close()
 
 
-def test_a_socket_a_live_daemon_listens_on_is_not_taken(server, tmp_path):
+def test_a_socket_a_live_daemon_listens_on_is_not_taken(tmp_path):
+    server = ControlServer(str(tmp_path / "control.sock"), {})
     with pytest.raises(SocketInUse):
         ControlServer(server.path, {})
+    server.close()
     other = tmp_path / "other.sock"
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(other))
