@@ -87,6 +87,19 @@ class Listening:
         else:
             self.accept_paused_until = now + ACCEPT_PAUSE
 
+    def _receive(self, client, limit):
+        """Add what the client sent to its buffer and return it (b"" once it closed); None when
+        nothing came or the client is gone (dropped)."""
+        try:
+            chunk = client.sock.recv(limit)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            self._drop(client)
+            return None
+        client.buffer += chunk
+        return chunk
+
     def _drop(self, client):
         self.clients.remove(client)
         client.sock.close()

@@ -134,14 +134,9 @@ class MetricsServer(Listening):
             self._read(client)
 
     def _read(self, client):
-        try:
-            chunk = client.sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
+        chunk = self._receive(client, MAX_REQUEST)
+        if chunk is None:
             return
-        except OSError:
-            self._drop(client)
-            return
-        client.buffer += chunk
         if b"\r\n\r\n" not in client.buffer and b"\n\n" not in client.buffer:
             if not chunk or len(client.buffer) > MAX_REQUEST:
                 self._drop(client)

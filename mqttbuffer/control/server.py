@@ -77,14 +77,9 @@ class ControlServer(Listening):
             self._read(client)
 
     def _read(self, client):
-        try:
-            chunk = client.sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
+        chunk = self._receive(client, MAX_REQUEST)
+        if chunk is None:
             return
-        except OSError:
-            self._drop(client)
-            return
-        client.buffer += chunk
         if b"\n" not in client.buffer and chunk and len(client.buffer) <= MAX_REQUEST:
             return
         line = client.buffer.split(b"\n", 1)[0]
