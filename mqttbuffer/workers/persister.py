@@ -63,6 +63,7 @@ class Persister(Worker):
         self.dropped_unlogged = 0
         self.drop_log_at = 0.0
         self.cleanup_at = time.monotonic()
+        self.expired_unsure = 0  # messages expired this run while the clock could not be checked
         self.retention = RetentionGuard(self.cfg.buffer.message_retention_days * DAY, time.monotonic(), time.time())
         self.care = StoreCare(self)
         if damage is not None:
@@ -212,9 +213,14 @@ class Persister(Worker):
                 self.cleanup_at = self.retention.started_mono + self.retention.grace
                 return
             expired = self.store.expire(PLAUSIBLE_EPOCH, wall - buffer.message_retention_days * DAY, wall, limit)
-            # Forgetting dead letters by age trusts the clock as much: only the count cap applies then.
-            dead_before = wall - buffer.dead_letter_retention_days * DAY if limit is None else 0.0
-            forgotten = self.store.trim_dead_letters(dead_before, buffer.dead_letter_max_size)
+            if limit is None:
+                dead_before, keep = wall - buffer.dead_letter_retention_days * DAY, buffer.dead_letter_max_size
+            else:
+                # Forgetting dead letters by age trusts the clock as much, and the count cap would
+                # forget for good messages a wrong clock expired: what it expired this run stays.
+                self.expired_unsure += expired
+                dead_before, keep = 0.0, buffer.dead_letter_max_size + self.expired_unsure
+            forgotten = self.store.trim_dead_letters(dead_before, keep)
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 self.care.check(now, exc)
@@ -226,6 +232,10 @@ class Persister(Worker):
             self.log.warning("Retention: the clock cannot be checked against the age of the oldest messages"
                              " (received before this start, or the clock jumped); expiring at most %d of %d"
                              " per pass", limit, waiting)
+        if limit is not None and expired and self.expired_unsure == expired:
+            self.log.warning("Retention: dead letters expired while the clock cannot be checked are kept beyond"
+                             " buffer.dead_letter_max_size = %d (replay them if the clock was wrong)",
+                             buffer.dead_letter_max_size)
         if expired:
             self.stats.add("expired", expired)
             self.log.warning("Moved %d messages older than %g days to dead letters (expired)",
