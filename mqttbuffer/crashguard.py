@@ -8,6 +8,8 @@ message the forwarder dies on ``QUARANTINE_AFTER`` times in a row becomes a dead
 ``crashed``, with the first line of the exception, and delivery goes on with the next one.
 """
 
+from mqttbuffer.store import message_bytes
+
 QUARANTINE_AFTER = 2
 INFINITY = float("inf")
 
@@ -46,7 +48,7 @@ class CrashGuard:
         """StoredMessages are being handled now."""
         self.stats.set("handling_first_seq", rows[0].seq)
         self.stats.set("handling_last_seq", rows[-1].seq)
-        self.stats.set("handling_bytes", sum(len(r.payload) + len(r.topic.encode()) for r in rows))
+        self.stats.set("handling_bytes", sum(message_bytes(r.topic, r.payload) for r in rows))
         self.stats.set("handling_count", len(rows))
 
     def done(self):

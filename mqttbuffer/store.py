@@ -32,13 +32,21 @@ SCHEMA_VERSION = 2
 ROW_OVERHEAD = 100
 EXCERPT_CHARS = 500
 
-# A message's size, in bytes, as the triggers count it; message_size() is the same in Python.
-_SIZE = f"(length(%(row)s.payload) + length(CAST(%(row)s.topic AS BLOB)) + {ROW_OVERHEAD})"
+# A message's bytes and its size as the triggers count them; message_bytes() and message_size()
+# are the same in Python.
+_BYTES = "(length(%(row)s.payload) + length(CAST(%(row)s.topic AS BLOB)))"
+_SIZE = f"({_BYTES} + {ROW_OVERHEAD})"
+
+
+def message_bytes(topic, payload):
+    """A message's payload and UTF-8 topic bytes: what ``buffer.batch_bytes`` and
+    ``mqtt.max_inflight_bytes`` count."""
+    return len(payload) + len(topic.encode())
 
 
 def message_size(topic, payload):
-    """The bytes a message counts against ``buffer.max_bytes``: payload, UTF-8 topic, ROW_OVERHEAD."""
-    return len(payload) + len(topic.encode()) + ROW_OVERHEAD
+    """The bytes a message counts against ``buffer.max_bytes``: its bytes and ROW_OVERHEAD."""
+    return message_bytes(topic, payload) + ROW_OVERHEAD
 
 _COLUMNS = "id, topic, payload, qos, retain, received_at, attempts"
 
@@ -291,7 +299,7 @@ class Store:
                     f"SELECT seq, {_COLUMNS} FROM messages ORDER BY seq LIMIT ?", (limit,))))
             chosen, total = [], 0
             for seq, size in self._db.execute(
-                    "SELECT seq, length(payload) + length(CAST(topic AS BLOB)) FROM messages ORDER BY seq"):
+                    f"SELECT seq, {_BYTES % {'row': 'messages'}} FROM messages ORDER BY seq"):
                 if seq in skip:
                     continue
                 if len(chosen) >= limit or (chosen and max_bytes is not None and total + size > max_bytes):

@@ -43,6 +43,7 @@ import time
 
 from mqttbuffer import ipc
 from mqttbuffer.broker import BrokerClient
+from mqttbuffer.store import message_bytes
 from mqttbuffer.workers.base import Worker
 
 MAX_BATCH_ROWS = 1000
@@ -124,7 +125,7 @@ class Ingestor(Worker):
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
         payload = bytes(msg.payload)
-        size = len(payload) + len(topic)
+        size = message_bytes(topic, payload)
         self.stats.add("received")
         with self._lock:
             if not self._taking:

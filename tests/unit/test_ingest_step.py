@@ -107,3 +107,20 @@ def test_acks_of_an_older_connection_are_dropped(pipeline):
     run_until(lambda: not ingestor.batches, persister, ingestor)
     assert store.totals()[0] == 1
     assert broker.acked == []  # the broker redelivers it on the new connection
+
+
+def test_held_bytes_count_a_non_ascii_topic_in_bytes(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"api": {"url": "http://127.0.0.1:9/ingest"},
+                                      "mqtt": {"max_inflight_bytes": 65536},
+                                      "buffer": {"persist_file": str(tmp_path / "buffer.db")}}))
+    ingestor = start(Ingestor(load_config(str(config), environ={}), str(tmp_path), SharedStats(), "test-client",
+                              broker_client=FakeBroker))
+    try:
+        ingestor.broker.on_connected(False)
+        big = types.SimpleNamespace(topic="é" * 30000, payload=b"x" * 10000, qos=1, mid=1, retain=0, dup=False)
+        ingestor.broker.on_message(big)  # 40,000 characters, 70,000 bytes
+        assert ingestor.broker.paused
+    finally:  # no shutdown: it would wait for a persister to confirm the message
+        os.close(ingestor.wake_r)
+        os.close(ingestor.wake_w)
