@@ -221,7 +221,6 @@ class Forwarder(Worker):
             self._dead_letter([seq for seq, _, _ in group], reason, group[0][2])
         self.report.update(self.policy.api_state, answer, decision.wait, self.store.totals()[0], now)
         self._log_breaker()
-        self._update_gauges()
 
     def _dead_letter(self, seqs, reason, note):
         msg_id, topic, answer = note

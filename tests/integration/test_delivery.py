@@ -63,8 +63,9 @@ def test_three_rejected_messages_are_isolated_and_the_rest_delivered(mosquitto, 
     assert {int(re.search(rb'"n": (\d+)', d["payload"]).group(1)) for d in letters} == bad
     assert all(d["reason"] == "rejected" and d["status"] == 400 and "rejected by the test API" in d["excerpt"]
                for d in letters)
-    status = daemon.status()
-    assert status["counters"]["rejected"] == 3 and status["buffer"]["dead_letters"] == 3
+    # The gauges follow within a second (forwarder.GAUGE_INTERVAL).
+    status = wait_until(lambda: (s := daemon.status())["buffer"]["dead_letters"] == 3 and s, 5, "the gauge")
+    assert status["counters"]["rejected"] == 3
 
 
 def test_an_api_that_never_answers_is_abandoned_at_the_timeout(mosquitto, sink, make_daemon, publisher):

@@ -111,3 +111,19 @@ def test_a_salvaged_store_leaves_no_suspect_nor_crash_guard_behind(forwarder):
     worker.step(time.monotonic())
     assert [m["id"] for m in http.bodies[0]] == ["id0", "id1", "id2"]
     assert store.dead_letter_count() == 0 and worker.stats.get("handling_count") == 0
+
+
+def test_gauges_are_read_once_per_interval_not_once_per_batch(forwarder):
+    http = FakeHTTP(*[(201, {}, b"")] * 3)
+    worker, store = forwarder(http)
+    worker.policy.limit = 1  # one message, then two: two batches
+    counted = []
+    count = store.dead_letter_count
+    worker.store.dead_letter_count = lambda: counted.append(1) or count()
+    now = time.monotonic()
+    for step in range(3):
+        worker.step(now + step * 0.1)
+    assert len(http.bodies) == 2 and store.totals()[0] == 0
+    assert len(counted) <= 1  # a count(*) over the dead letters per GAUGE_INTERVAL, not per batch
+    worker.step(now + 1.5)
+    assert worker.stats.get("pending") == 0
