@@ -74,6 +74,7 @@ class Forwarder(Worker):
         self.oldest_seq = None
         self.oldest_since = 0.0
         self.gauges_at = 0.0
+        self.duplicates = (0, None)  # (messages answered 409 in a row and counted delivered, the first's id)
         self.guard = CrashGuard(self.stats)
         self._after_a_death()
 
@@ -155,6 +156,7 @@ class Forwarder(Worker):
         oldest_seq, received_at = self.store.head()
         if oldest_seq is None:
             self.oldest_seq = None
+            self._log_duplicates()
             self._idle(self.poll_interval)
             return
         if oldest_seq != self.oldest_seq:
@@ -196,12 +198,16 @@ class Forwarder(Worker):
         if kind != d.DELIVERED:
             self.stats.add("requests_failed")
         action = decision.action
+        if action != d.DELETE:
+            self._log_duplicates()
         if action == d.DELETE:
             self.store.delete(seqs)
             self.stats.add("delivered", len(rows))
             if kind == d.DUPLICATE:
-                self.log.info("Message %s: the API already holds its id (409), counted as delivered", rows[0].id)
+                # A resend after a crash meets a run of them, one message per request: one line for the run.
+                self.duplicates = (self.duplicates[0] + 1, self.duplicates[1] or rows[0].id)
             else:
+                self._log_duplicates()
                 self.log.info("Successfully sent %d messages", len(rows))
         elif action == d.DEAD_LETTER:
             if decision.reason == "retries_exhausted":
@@ -221,6 +227,12 @@ class Forwarder(Worker):
             self._dead_letter([seq for seq, _, _ in group], reason, group[0][2])
         self.report.update(self.policy.api_state, answer, decision.wait, self.store.totals()[0], now)
         self._log_breaker()
+
+    def _log_duplicates(self):
+        count, first = self.duplicates
+        if count:
+            self.log.info("%d messages the API already held (409, first %s), counted as delivered", count, first)
+            self.duplicates = (0, None)
 
     def _dead_letter(self, seqs, reason, note):
         msg_id, topic, answer = note
@@ -277,6 +289,7 @@ class Forwarder(Worker):
         self.drain_wakeups()
 
     def shutdown(self):
+        self._log_duplicates()
         self.http.clear()
         self.store.close()
 

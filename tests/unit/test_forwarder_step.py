@@ -2,6 +2,7 @@
 fake HTTP client in place of urllib3's pool (the way huey drives ``worker.loop(now)``)."""
 
 import json
+import logging
 import os
 import time
 
@@ -127,3 +128,18 @@ def test_gauges_are_read_once_per_interval_not_once_per_batch(forwarder):
     assert len(counted) <= 1  # a count(*) over the dead letters per GAUGE_INTERVAL, not per batch
     worker.step(now + 1.5)
     assert worker.stats.get("pending") == 0
+
+
+def test_a_run_of_409s_is_one_log_line_with_the_count_and_the_first_id(forwarder, caplog):
+    http = FakeHTTP(*[(409, {}, b"duplicate key")] * 10)
+    worker, store = forwarder(http)
+    now = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="mqttbuffer.forwarder"):
+        for step in range(10):
+            if not store.totals()[0]:
+                break
+            worker.step(now + step * 10)
+        worker.step(now + 100)  # the queue is empty: the run is over
+    assert store.totals()[0] == 0 and worker.stats.get("delivered") == 3
+    lines = [r.getMessage() for r in caplog.records if "409" in r.getMessage()]
+    assert lines == ["3 messages the API already held (409, first id0), counted as delivered"]
