@@ -68,8 +68,8 @@ class IdSink(FastSink):
 
 
 def connected(daemon):
-    result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", daemon.config, "status", "--json"],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--config", daemon.config,
+                             "status", "--json"], capture_output=True, text=True)
     return result.returncode in (0, 1) and json.loads(result.stdout or "{}").get("broker", {}).get("connected")
 
 
@@ -202,8 +202,8 @@ def _until_diagnosed(workdir, sink, mqtt_cfg):
     while time.monotonic() - start < 60 and (logged is None or status is None):
         if logged is None and "Cannot connect to MQTT broker" in open(log_path).read():
             logged = time.monotonic() - start
-        if status is None and subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", config, "status"],
-                                             capture_output=True).returncode not in (0, 3):
+        if status is None and subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--config", config,
+                                              "status"], capture_output=True).returncode not in (0, 3):
             status = time.monotonic() - start
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGTERM)

@@ -259,8 +259,9 @@ def row16_dropped(code, tmp):
         time.sleep(10)
         delivered = set(numbers(run.sink))
         lost = len(accepted - delivered)
-        status = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", str(run.dir / "config.yaml"),
-                                 "status", "--json"], capture_output=True, text=True, env=run.env(), cwd=run.dir)
+        status = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--config",
+                                 str(run.dir / "config.yaml"), "status", "--json"],
+                                capture_output=True, text=True, env=run.env(), cwd=run.dir)
         dropped = json.loads(status.stdout)["counters"]["dropped"]
         return f"600 x 100 KB into a 4 MiB store: the dropped counter says {dropped}, really lost {lost}"
     finally:

@@ -151,7 +151,7 @@ def pss_bytes(pid):
 
 IDLE_TREE = """
 import gc, os, time
-import mqttbuffer.supervisor  # everything the daemon imports before it forks
+import mqttbuffer.supervisor.main  # everything the daemon imports before it forks
 gc.collect()
 gc.freeze()
 for _ in range(3):

@@ -29,12 +29,12 @@ from run import Daemon  # noqa: E402
 from sink import FastSink  # noqa: E402
 
 PROCESSES = ("supervisor", "ingestor", "persister", "forwarder")
-ENTRY_FRAMES = {"base.py:Worker.run", "threading.py:Thread.run", "supervisor.py:Supervisor.run"}
+ENTRY_FRAMES = {"base.py:Worker.run", "threading.py:Thread.run", "main.py:Supervisor.run"}
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 
 def short(frame):
-    """'insert (/x/mqttbuffer/store.py:105)' -> 'store.py:insert'."""
+    """'message_json (/x/mqttbuffer/delivery/wire.py:105)' -> 'wire.py:message_json'."""
     match = FRAME.match(frame)
     if not match:
         return frame

@@ -74,8 +74,8 @@ class Daemon:
 
     def _all_alive(self):
         """Ready: the control socket answers (healthy or degraded) and all three workers are alive."""
-        result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", self.config, "status", "--json"],
-                                capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--config", self.config,
+                                 "status", "--json"], capture_output=True, text=True)
         return result.returncode in (0, 1) and result.stdout.count('"alive": true') == 3
 
     def worker(self, name):
@@ -191,7 +191,7 @@ def backlog(workdir, sink, count):
     sink.status = 503
     procs = publish(broker.port, count, processes=2)
     join(procs)
-    store_cmd = [sys.executable, "-m", "mqttbuffer.ctl", "--config", daemon.config, "status", "--json"]
+    store_cmd = [sys.executable, "-m", "mqttbuffer.control.ctl", "--config", daemon.config, "status", "--json"]
     wait_for(lambda: f'"persisted": {count}' in subprocess.run(store_cmd, capture_output=True, text=True).stdout, 120,
              interval=0.5)
     daemon.stop()

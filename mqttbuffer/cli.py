@@ -8,12 +8,12 @@ import sys
 import yaml
 
 from mqttbuffer import __version__, delays
-from mqttbuffer.config import check_writable_paths, load_config
-from mqttbuffer.errors import ConfigError
+from mqttbuffer.config.errors import ConfigError
+from mqttbuffer.config.loader import check_writable_paths, load_config
 from mqttbuffer.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
-from mqttbuffer.lock import StoreLocked, lock_store
 from mqttbuffer.logs import setup_logging
 from mqttbuffer.store import Store, StoreDamaged, StoreError
+from mqttbuffer.supervisor.lock import StoreLocked, lock_store
 
 DEFAULT_CONFIG = "/etc/mqttbuffer/config.yaml"
 
@@ -68,7 +68,7 @@ def main(argv=None):
         return EX_CONFIG
     if delays.warning():
         logging.getLogger("mqttbuffer").warning("%s", delays.warning())
-    from mqttbuffer.supervisor import Supervisor
+    from mqttbuffer.supervisor.main import Supervisor
 
     return Supervisor(cfg).run()
 

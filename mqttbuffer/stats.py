@@ -9,7 +9,7 @@ as long as the supervisor, so counters survive worker restarts.
 import multiprocessing
 import time
 
-from mqttbuffer.delivery import ApiState, Circuit
+from mqttbuffer.delivery.policy import ApiState, Circuit
 
 COUNTERS = (
     "received",            # ingestor: messages taken from the broker

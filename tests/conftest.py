@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.config.loader import ConfigError, load_config
 from mqttbuffer.control.client import NotRunning, request
 from mqttbuffer.delays import VARIABLE as DELAY_SCALE_VARIABLE
 from mqttbuffer.stats import WORKER_NAMES
@@ -240,7 +240,7 @@ class Daemon:
         self.env.pop("NOTIFY_SOCKET", None)
         self.env[DELAY_SCALE_VARIABLE] = TEST_DELAY_SCALE
         self.command = [sys.executable, "-m", "mqttbuffer"]
-        self.ctl_command = [sys.executable, "-m", "mqttbuffer.ctl"]
+        self.ctl_command = [sys.executable, "-m", "mqttbuffer.control.ctl"]
 
     def write_config(self):
         self.config_path.write_text(yaml.safe_dump(self.config))

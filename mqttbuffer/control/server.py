@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 
-from mqttbuffer.listening import Listening
+from mqttbuffer.supervisor.listening import Listening
 
 MAX_REQUEST = 64 * 1024
 CLIENT_TIMEOUT = 5.0

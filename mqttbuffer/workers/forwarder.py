@@ -15,15 +15,15 @@ import time
 
 import urllib3
 
-from mqttbuffer import delivery as d
 from mqttbuffer import ipc
-from mqttbuffer.answers import ApiReport, network_cause
-from mqttbuffer.apiheaders import request_headers, skipping_duplicates
-from mqttbuffer.crashguard import CrashGuard
-from mqttbuffer.deadline import DeadlineExceeded, request_deadline
+from mqttbuffer.delivery import policy as d
+from mqttbuffer.delivery.answers import ApiReport, network_cause
+from mqttbuffer.delivery.apiheaders import request_headers, skipping_duplicates
+from mqttbuffer.delivery.crashguard import CrashGuard
+from mqttbuffer.delivery.deadline import DeadlineExceeded, request_deadline
+from mqttbuffer.delivery.wire import BodyShape
 from mqttbuffer.stats import CIRCUIT_STATES
 from mqttbuffer.store import Store, StoreDamaged, is_corruption
-from mqttbuffer.wire import BodyShape
 from mqttbuffer.workers.base import STEP_BUDGET, Worker
 
 MAX_POLL_INTERVAL = 0.25

@@ -42,7 +42,7 @@ import threading
 import time
 
 from mqttbuffer import ipc
-from mqttbuffer.broker import BrokerClient
+from mqttbuffer.mqtt.broker import BrokerClient
 from mqttbuffer.store import message_bytes
 from mqttbuffer.workers.base import Worker
 

@@ -22,10 +22,10 @@ import time
 
 from mqttbuffer import ipc
 from mqttbuffer.delays import scaled
-from mqttbuffer.retention import RetentionGuard
 from mqttbuffer.store import Store, StoreDamaged, is_corruption, message_size
+from mqttbuffer.store.care import StoreCare
+from mqttbuffer.store.retention import RetentionGuard
 from mqttbuffer.workers.base import Worker
-from mqttbuffer.workers.storecare import StoreCare
 
 RETRY_COMMIT_AFTER = scaled(1.0)
 RETRY_SALVAGE_POLL = 0.2

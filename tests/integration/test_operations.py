@@ -37,7 +37,7 @@ def test_status_json_and_summary(mosquitto, sink, make_daemon, publisher):
 
 @pytest.mark.parametrize("args", [["status"], ["status", "--json"]], ids=["text", "json"])
 def test_status_when_nothing_runs_exits_3_with_a_hint(tmp_path, args):
-    result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--socket", str(tmp_path / "none.sock"),
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--socket", str(tmp_path / "none.sock"),
                              *args], capture_output=True, text=True, timeout=20)
     assert result.returncode == 3
     assert "not running" in result.stderr and "systemctl start mqttbuffer" in result.stderr

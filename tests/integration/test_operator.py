@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def ctl(config, *args):
-    result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", "--config", str(config), *args],
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", "--config", str(config), *args],
                             capture_output=True, text=True, timeout=20)
     return result.returncode, result.stdout, result.stderr
 

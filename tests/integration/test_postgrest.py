@@ -10,7 +10,7 @@ import types
 import pytest
 import urllib3
 
-from mqttbuffer.wire import BodyShape
+from mqttbuffer.delivery.wire import BodyShape
 from tests.conftest import wait_until
 from tests.postgrest import TABLE, PgError, literal, wait_for_rows
 

@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def ctl(*args, env=None):
-    result = subprocess.run([sys.executable, "-m", "mqttbuffer.ctl", *args], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "mqttbuffer.control.ctl", *args], capture_output=True, text=True,
                             timeout=20, env=env)
     return result.returncode, result.stdout, result.stderr
 

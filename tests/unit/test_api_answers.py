@@ -5,9 +5,9 @@ import logging
 import pytest
 import yaml
 
-from mqttbuffer.answers import ApiReport, api_message, refusal, safe_url
-from mqttbuffer.apiheaders import request_headers, skipping_duplicates
-from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.config.loader import ConfigError, load_config
+from mqttbuffer.delivery.answers import ApiReport, api_message, refusal, safe_url
+from mqttbuffer.delivery.apiheaders import request_headers, skipping_duplicates
 from mqttbuffer.stats import API_STATES, SharedStats
 from mqttbuffer.workers.forwarder import Answer
 

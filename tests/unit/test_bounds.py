@@ -8,8 +8,8 @@ import time
 import pytest
 import urllib3
 
-from mqttbuffer.crashguard import CrashGuard
-from mqttbuffer.deadline import DeadlineExceeded, request_deadline
+from mqttbuffer.delivery.crashguard import CrashGuard
+from mqttbuffer.delivery.deadline import DeadlineExceeded, request_deadline
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.store import Store, StoredMessage
 

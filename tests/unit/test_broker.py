@@ -7,8 +7,8 @@ import types
 
 import pytest
 
-from mqttbuffer.broker import ClosedBeforeConnack, NoConnack, Target, describe_failure, refusal
-from mqttbuffer.config import Config
+from mqttbuffer.config.loader import Config
+from mqttbuffer.mqtt.broker import ClosedBeforeConnack, NoConnack, Target, describe_failure, refusal
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.workers import ingestor as ingestor_module
 

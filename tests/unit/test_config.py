@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from mqttbuffer import validators as v
-from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.config import validators as v
+from mqttbuffer.config.loader import ConfigError, load_config
 
 # The Go predecessor's config.json in shape, with placeholders for its address and credentials.
 SEED_SHAPED = """{

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mqttbuffer import validators as v
-from mqttbuffer.config import ConfigError, check_writable_paths, load_config
+from mqttbuffer.config import validators as v
+from mqttbuffer.config.loader import ConfigError, check_writable_paths, load_config
 from mqttbuffer.logs import setup_logging
 
 API = "api: {url: 'http://127.0.0.1:9/x'}\n"

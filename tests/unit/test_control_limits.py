@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from mqttbuffer.control.server import ControlServer, SocketInUse
-from mqttbuffer.metrics import MetricsServer
+from mqttbuffer.supervisor.metrics import MetricsServer
 from tests.conftest import free_port
 
 

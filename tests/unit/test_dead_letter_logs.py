@@ -6,7 +6,7 @@ import types
 
 import yaml
 
-from mqttbuffer.config import load_config
+from mqttbuffer.config.loader import load_config
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.store import Store
 from mqttbuffer.workers.persister import Persister

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from mqttbuffer.delivery import (
+from mqttbuffer.delivery.policy import (
     DEAD_LETTER,
     DELETE,
     DELIVERED,

@@ -2,7 +2,8 @@
 
 import types
 
-from mqttbuffer import doctor, mqttprobe
+from mqttbuffer.control import doctor
+from mqttbuffer.mqtt import mqttprobe
 
 
 def cfg(store):

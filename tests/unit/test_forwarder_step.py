@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from mqttbuffer.config import load_config
+from mqttbuffer.config.loader import load_config
 from mqttbuffer.stats import API_STATES, SharedStats
 from mqttbuffer.store import Store
 from mqttbuffer.workers.forwarder import Forwarder

@@ -9,7 +9,7 @@ import types
 import pytest
 import yaml
 
-from mqttbuffer.config import load_config
+from mqttbuffer.config.loader import load_config
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.store import Store
 from mqttbuffer.workers.ingestor import Ingestor

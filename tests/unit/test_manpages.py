@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-from mqttbuffer import cli, ctl
+from mqttbuffer import cli
+from mqttbuffer.control import ctl
 
 MAN = pathlib.Path(__file__).resolve().parents[2] / "man"
 

@@ -7,8 +7,8 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mqttbuffer.metrics import parse_listen, render
 from mqttbuffer.stats import COUNTERS
+from mqttbuffer.supervisor.metrics import parse_listen, render
 
 DOC = {
     "version": "0.1.0",

@@ -2,8 +2,8 @@
 
 import time
 
-from mqttbuffer.retention import GRACE, RetentionGuard
 from mqttbuffer.store import Store
+from mqttbuffer.store.retention import GRACE, RetentionGuard
 
 DAY = 86400.0
 YEAR = 365 * DAY

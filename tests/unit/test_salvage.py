@@ -8,11 +8,11 @@ import tracemalloc
 
 import pytest
 
-from mqttbuffer.config import load_config
-from mqttbuffer.marker import loss, read_marker, write_marker
-from mqttbuffer.salvage import salvage
+from mqttbuffer.config.loader import load_config
 from mqttbuffer.stats import SharedStats
 from mqttbuffer.store import Store, StoreDamaged, is_corruption
+from mqttbuffer.store.marker import loss, read_marker, write_marker
+from mqttbuffer.store.salvage import salvage
 from mqttbuffer.workers.persister import Persister
 from tests.stores import damage, damage_table
 

@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from mqttbuffer.config import ConfigError, load_config
-from mqttbuffer.secrets import SECRETS
+from mqttbuffer.config.loader import ConfigError, load_config
+from mqttbuffer.config.secrets import SECRETS
 
 
 def load(tmp_path, section, values, environ):

@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-from mqttbuffer.slots import LEGAL, Slot, State
 from mqttbuffer.stats import SharedStats
+from mqttbuffer.supervisor.slots import LEGAL, Slot, State
 
 
 def slot():

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from mqttbuffer.slots import Slot, describe_exit, oom_kills
 from mqttbuffer.stats import SharedStats
+from mqttbuffer.supervisor.slots import Slot, describe_exit, oom_kills
 
 PIDS = itertools.count(1000)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
+from mqttbuffer.control.verdict import GRACE, OLDEST_BOUND, WORKER_GRACE, Facts, Worker, assess, clock, duration
 from mqttbuffer.stats import API_STATES, CIRCUIT_STATES, GAUGES, TEXTS
-from mqttbuffer.verdict import GRACE, OLDEST_BOUND, WORKER_GRACE, Facts, Worker, assess, clock, duration
 
 START = 1_800_000_000.0  # the daemon's start, wall clock
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mqttbuffer.wire import BodyShape, check_shape, encode_body, iso_utc, valid_constants, valid_fields
+from mqttbuffer.delivery.wire import BodyShape, check_shape, encode_body, iso_utc, valid_constants, valid_fields
 
 T = 1_764_196_274.123456  # 2025-11-26T22:31:14.123Z
 

@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqttbuffer.validators import parse_broker_url
+from mqttbuffer.config.validators import parse_broker_url
 
 log = logging.getLogger(__name__)
 

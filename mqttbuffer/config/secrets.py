@@ -9,7 +9,7 @@ gets a warning at start.
 import os
 import stat
 
-from mqttbuffer.errors import ConfigError
+from mqttbuffer.config.errors import ConfigError
 
 # (section, key, file key, environment variable)
 SECRETS = (

@@ -15,13 +15,13 @@ import json
 import os
 import sys
 
-from mqttbuffer import doctor
 from mqttbuffer.cli import DEFAULT_CONFIG
-from mqttbuffer.config import ConfigError, load_config
+from mqttbuffer.config.loader import ConfigError, load_config
+from mqttbuffer.control import doctor
 from mqttbuffer.control.client import NotRunning, request
+from mqttbuffer.control.status import format_summary
 from mqttbuffer.exitcodes import CTL_DEGRADED, CTL_ERROR, CTL_NOT_RUNNING, CTL_OK, CTL_USAGE
 from mqttbuffer.stats import WORKER_NAMES
-from mqttbuffer.status import format_summary
 from mqttbuffer.store import Store, StoreError
 
 

@@ -27,7 +27,7 @@ import math
 import re
 import time
 
-from mqttbuffer.validators import valid_no_control
+from mqttbuffer.config.validators import valid_no_control
 
 WIRE_FIELDS = ("id", "topic", "payload", "qos", "retain", "received_at", "payload_encoding")
 MAX_NUMBER_CHARS = 1000

@@ -19,18 +19,18 @@ import tempfile
 import time
 
 from mqttbuffer import __version__
-from mqttbuffer.clientid import load_or_create_client_id
+from mqttbuffer.config.validators import redact_url
 from mqttbuffer.control.server import ControlError, ControlServer, SocketInUse
+from mqttbuffer.control.status import Rates, buffer_and_circuit, connections, counters, stats_line
+from mqttbuffer.control.verdict import Facts, Worker, assess
 from mqttbuffer.exitcodes import EX_CONFIG, EX_TEMPFAIL
-from mqttbuffer.health import HealthChecks
-from mqttbuffer.metrics import MetricsServer
-from mqttbuffer.metrics import render as render_metrics
-from mqttbuffer.slots import Slot, State
+from mqttbuffer.mqtt.clientid import load_or_create_client_id
 from mqttbuffer.stats import GAUGES, TEXTS, SharedStats
-from mqttbuffer.status import Rates, buffer_and_circuit, connections, counters, stats_line
-from mqttbuffer.systemd import Notifier
-from mqttbuffer.validators import redact_url
-from mqttbuffer.verdict import Facts, Worker, assess
+from mqttbuffer.supervisor.health import HealthChecks
+from mqttbuffer.supervisor.metrics import MetricsServer
+from mqttbuffer.supervisor.metrics import render as render_metrics
+from mqttbuffer.supervisor.slots import Slot, State
+from mqttbuffer.supervisor.systemd import Notifier
 from mqttbuffer.workers.forwarder import Forwarder
 from mqttbuffer.workers.ingestor import Ingestor
 from mqttbuffer.workers.persister import Persister

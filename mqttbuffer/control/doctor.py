@@ -14,16 +14,16 @@ from typing import NamedTuple
 
 import urllib3
 
-from mqttbuffer import mqttprobe
-from mqttbuffer.answers import HINTS, body_excerpt, network_cause, safe_url, status_words
-from mqttbuffer.apiheaders import request_headers
-from mqttbuffer.broker import NoConnack, Refused, Target, describe_failure
-from mqttbuffer.config import load_config
+from mqttbuffer.config.errors import ConfigError
+from mqttbuffer.config.loader import load_config
+from mqttbuffer.config.validators import parse_broker_url, redact_url
 from mqttbuffer.control.client import NotRunning, request
-from mqttbuffer.errors import ConfigError
+from mqttbuffer.delivery.answers import HINTS, body_excerpt, network_cause, safe_url, status_words
+from mqttbuffer.delivery.apiheaders import request_headers
 from mqttbuffer.exitcodes import CTL_ERROR, CTL_OK
+from mqttbuffer.mqtt import mqttprobe
+from mqttbuffer.mqtt.broker import NoConnack, Refused, Target, describe_failure
 from mqttbuffer.store import Store, StoreError
-from mqttbuffer.validators import parse_broker_url, redact_url
 
 OK, FAIL, UNSURE = "✔", "✘", "!"
 PROBE_TIMEOUT = 10.0

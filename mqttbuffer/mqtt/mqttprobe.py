@@ -10,7 +10,7 @@ import socket
 import ssl
 import struct
 
-from mqttbuffer.broker import ClosedBeforeConnack, NoConnack, refusal
+from mqttbuffer.mqtt.broker import ClosedBeforeConnack, NoConnack, refusal
 
 CONNACK, PUBLISH, SUBACK = 2, 3, 9
 

@@ -12,12 +12,12 @@ import types
 
 import yaml
 
-from mqttbuffer import apiheaders, wire
-from mqttbuffer import validators as v
-from mqttbuffer.errors import ConfigError
+from mqttbuffer.config import validators as v
+from mqttbuffer.config.errors import ConfigError
+from mqttbuffer.config.secrets import SECRETS, resolve_secrets
+from mqttbuffer.delivery import apiheaders, wire
 from mqttbuffer.logs import REDACTED
-from mqttbuffer.metrics import parse_listen
-from mqttbuffer.secrets import SECRETS, resolve_secrets
+from mqttbuffer.supervisor.metrics import parse_listen
 
 SECRET_KEYS = {(section, key) for section, key, _, _ in SECRETS}
 URL_KEYS = {("mqtt", "broker"), ("api", "url")}

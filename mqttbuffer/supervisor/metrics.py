@@ -10,8 +10,8 @@ is a few dozen lines of text.
 import logging
 import socket
 
-from mqttbuffer.listening import Listening
 from mqttbuffer.stats import API_STATES, CIRCUIT_STATES
+from mqttbuffer.supervisor.listening import Listening
 
 MAX_REQUEST = 8192
 CLIENT_TIMEOUT = 5.0

@@ -12,7 +12,7 @@ import logging
 
 import psutil
 
-from mqttbuffer.slots import State
+from mqttbuffer.supervisor.slots import State
 
 log = logging.getLogger("mqttbuffer.supervisor")
 

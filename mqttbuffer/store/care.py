@@ -15,9 +15,9 @@ shrank to nothing or lost its newest commits is reported the same way.
 import sqlite3
 import time
 
-from mqttbuffer.marker import loss, read_marker, write_marker
-from mqttbuffer.salvage import salvage
 from mqttbuffer.store import Store, StoreDamaged, StoreError, is_corruption
+from mqttbuffer.store.marker import loss, read_marker, write_marker
+from mqttbuffer.store.salvage import salvage
 from mqttbuffer.workers.base import STEP_BUDGET
 
 MARK_EVERY = 10.0

@@ -1,0 +1,1 @@
+"""Configuration: the schema and its loader, the value validators, secret sources, and ConfigError."""

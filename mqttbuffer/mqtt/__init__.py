@@ -1,0 +1,1 @@
+"""The MQTT side: broker connection settings, the persistent client id, and the broker probe."""
