@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from tests.conftest import Mosquitto, free_port, port_open, wait_until
+from tests.conftest import Mosquitto, free_port, port_open, running_broker, wait_until
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
@@ -196,44 +196,26 @@ class SilentPort:
 
 @pytest.fixture
 def persistent_mosquitto(tmp_path):
-    directory = tmp_path / "persistent-broker"
-    directory.mkdir()
-    broker = PersistentMosquitto(directory)
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from running_broker(PersistentMosquitto, tmp_path / "persistent-broker")
 
 
 @pytest.fixture
 def tls_mosquitto(tmp_path):
-    directory = tmp_path / "tls-broker"
-    directory.mkdir()
-    broker = TlsMosquitto(directory)
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from running_broker(TlsMosquitto, tmp_path / "tls-broker")
 
 
 @pytest.fixture
 def amqtt_broker(tmp_path):
     if not os.path.exists(os.path.join(os.path.dirname(sys.executable), "amqtt")):
         pytest.skip("amqtt is not installed (pip install -e '.[test]')")
-    directory = tmp_path / "amqtt"
-    directory.mkdir()
-    broker = Amqtt(directory)
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from running_broker(Amqtt, tmp_path / "amqtt")
 
 
 @pytest.fixture(scope="module")
 def rabbitmq(tmp_path_factory):
     if not os.access(RABBITMQ_SERVER, os.X_OK) or not shutil.which("erl"):
         pytest.skip(f"RabbitMQ is not installed ({RABBITMQ_SERVER} missing): apt-get install rabbitmq-server")
-    broker = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from running_broker(RabbitMQ, tmp_path_factory.mktemp("rabbitmq"))
 
 
 @pytest.fixture

@@ -129,14 +129,21 @@ class Mosquitto:
         return f"tcp://127.0.0.1:{self.port}"
 
 
+def running_broker(broker_class, directory):
+    """Start ``broker_class(directory)`` (the directory made first), yield it, stop it: the body
+    of every broker fixture."""
+    directory.mkdir(parents=True, exist_ok=True)
+    broker = broker_class(directory)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 @pytest.fixture
 def mosquitto(tmp_path):
-    broker_dir = tmp_path / "broker"
-    broker_dir.mkdir()
-    broker = Mosquitto(broker_dir)
-    broker.start()
-    yield broker
-    broker.stop()
+    yield from running_broker(Mosquitto, tmp_path / "broker")
 
 
 class Sink:
