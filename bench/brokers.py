@@ -11,7 +11,8 @@
              whose CA is not trusted, MQTT 5 forced on amqtt (3.1.1 only) -> seconds until the
              WARNING naming the cause, and until ``mqttbufferctl status`` exits non-zero
 
-Usage: .venv/bin/python bench/brokers.py [--only kills restart rabbitmq] [--runs N]
+Usage: .venv/bin/python bench/brokers.py [--only kills restart rabbitmq] [--runs N] [--restart-runs N]
+(restart swings most from run to run: ``--restart-runs`` gives it more runs than the others)
 """
 
 import argparse
@@ -241,18 +242,17 @@ def diagnose(workdir, sink):
 
 
 NOTES = """\
-Re-sent with a new id: the ingestor gives a redelivered message its first id when it never
-PUBACKed it (same packet id, topic and payload on a later connection of the same session); in
-instrumented runs that was 230-444 messages per restart. What is left are messages whose PUBACK the
-ingestor sent after mosquitto had stopped reading (on SIGTERM it writes its store, then closes the
-connections): mosquitto redelivers them. Their packet ids were acknowledged, and a broker may give
-an acknowledged packet id to another message, so matching them by content could drop a distinct
-message with the same topic and payload: they get new ids (the API sees them as new). A plain
-subscriber acks on receipt, so fewer of its acks fall in that gap; mqttbuffer acks after the
-commit (tens of ms later during a drain). Before: 1,305 of 20,000 (6.5 %). The figure swings
-from run to run on this shared machine (2.4-3.0 % in six runs). Committing at a sixteenth of the
-window instead of half gave 0.9-2.4 % in three runs but 932 instead of 818 bytes written per
-message at the steady 1,000 msg/s, so it was not kept.
+Re-sent with a new id: a message mosquitto resends after its restart keeps its first id when it
+is provably the same message (mqttbuffer/mqtt/redelivery.py): never PUBACKed (same packet id,
+topic and payload), or PUBACKed after mosquitto stopped reading and resent before a never-acked
+message of the same connection and topic (MQTT resends a topic in the order it first sent, and
+TCP delivered everything sent before that one). What is left: when mosquitto resends more such
+copies than the receive window (1,000) can hold while they wait for that proof, the oldest get
+new ids (mosquitto 2.0.11 keeps more than ReceiveMaximum in flight: an instrumented run saw it
+send 2,592 unacked at 1,000). At bb15695: 1,305 of 20,000 (6.5 %); at c50bd60, where only
+never-acked copies kept their id: 2.4-3.0 % in six runs. A plain paho subscriber acks on
+receipt and receives some messages twice across the same restart (its row above). RabbitMQ
+resends under new packet ids, so there no copy keeps its id (the ingestor notices and logs it).
 """
 
 
@@ -264,6 +264,7 @@ TARGETS = {"lost of 15,000 with 3 ingestor kills 4 s apart": ("<=", 0),
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--restart-runs", type=int, help="runs of restart (default: --runs)")
     parser.add_argument("--only", nargs="*", help="scenarios to run (default: all)")
     args = parser.parse_args()
     sink = IdSink()
@@ -274,14 +275,17 @@ def main():
         del scenarios["rabbitmq"]
     results = {}
     with tempfile.TemporaryDirectory(prefix="mqttbuffer-bench.") as workdir:
-        for run in range(args.runs):
+        runs = {name: args.restart_runs if name == "restart" and args.restart_runs else args.runs
+                for name in scenarios if not args.only or name in args.only}
+        for run in range(max(runs.values())):
             for name, scenario in scenarios.items():
-                if args.only and name not in args.only:
+                if run >= runs.get(name, 0):
                     continue
-                print(f"run {run + 1}/{args.runs}: {name}", file=sys.stderr, flush=True)
+                print(f"run {run + 1}/{runs[name]}: {name}", file=sys.stderr, flush=True)
                 for key, value in scenario(workdir, sink).items():
                     results.setdefault(key, []).append(value)
-    lines = [f"## Broker scenarios ({time.strftime('%Y-%m-%d')}, `bench/brokers.py`, {args.runs} run(s))", "",
+    counts = ", ".join(f"{name} {count}" for name, count in runs.items())
+    lines = [f"## Broker scenarios ({time.strftime('%Y-%m-%d')}, `bench/brokers.py`, runs: {counts})", "",
              subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0]
              + ("; RabbitMQ " + " ".join(os.listdir(os.path.join(os.path.dirname(RABBITMQ_SERVER), "..", "lib")))
                 if "rabbitmq" in scenarios else ""), "",

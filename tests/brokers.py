@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import Mosquitto, free_port, port_open, running_broker, wait_until
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 
 
 class PersistentMosquitto(Mosquitto):
@@ -129,6 +130,15 @@ class RabbitMQ:
         )
         (d / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
         (d / "rabbitmq-env.conf").write_text("")
+        log = open(d / "rabbitmq.out", "ab")
+        self.process = subprocess.Popen([RABBITMQ_SERVER], stdout=log, stderr=log, env=self._env(),
+                                        start_new_session=True)
+        log.close()
+        wait_until(lambda: port_open(self.port) or self.process.poll() is not None, 90, "RabbitMQ's MQTT listener")
+        assert self.process.poll() is None, (d / "rabbitmq.out").read_text()
+
+    def _env(self):
+        d = self.directory
         env = dict(os.environ)
         env.update({
             "HOME": str(d),  # its own Erlang cookie
@@ -144,11 +154,12 @@ class RabbitMQ:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
         })
         env.pop("NOTIFY_SOCKET", None)
-        log = open(d / "rabbitmq.out", "ab")
-        self.process = subprocess.Popen([RABBITMQ_SERVER], stdout=log, stderr=log, env=env, start_new_session=True)
-        log.close()
-        wait_until(lambda: port_open(self.port) or self.process.poll() is not None, 90, "RabbitMQ's MQTT listener")
-        assert self.process.poll() is None, (d / "rabbitmq.out").read_text()
+        return env
+
+    def close_connections(self):
+        """Drop every client connection, as a node going down would (sessions stay)."""
+        subprocess.run([RABBITMQCTL, "-n", self.node, "close_all_connections", "test"], env=self._env(),
+                       check=True, capture_output=True, timeout=60)
 
     def stop(self):
         if self.process and self.process.poll() is None:

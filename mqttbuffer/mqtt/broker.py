@@ -178,6 +178,7 @@ class BrokerClient:
         transport, self._tls, self.host, self.port, path = parse_broker_url(mqtt_cfg.broker)
         self._lock = threading.Lock()
         self.connected = False
+        self.keeps_packet_ids = False  # as the last CONNACK promised
         self.reading = threading.Event()
         self.reading.set()
         self._attempt_started = None  # monotonic start of an attempt still waiting for CONNACK
@@ -348,6 +349,9 @@ class BrokerClient:
         stats.set("broker_since", time.time())
         stats.set("broker_protocol", 5 if self.protocol == "5" else 4)
         stats.set("broker_session_present", int(present))
+        # QoS 2 cannot work unless a broker resends under the original packet ids (RabbitMQ, which
+        # does not, announces Maximum QoS 1); MQTT 3.1.1 does not say.
+        self.keeps_packet_ids = self.protocol == "5" and getattr(properties, "MaximumQoS", 2) == 2
         stats.set_text("broker_error", "")
         after = ""
         if self._failures:

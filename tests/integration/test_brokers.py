@@ -1,6 +1,7 @@
 """Brokers as they are: why a connection fails, protocol fallback, lost sessions, other brokers."""
 
 import json
+import threading
 
 import psutil
 import pytest
@@ -119,6 +120,7 @@ def test_persistent_broker_restart_keeps_the_session_quietly_and_sends_no_retain
     wait_until(daemon.resubscribed, 30, "a new subscription")
     assert "(MQTT 5, session present: yes)" in daemon.log()
     assert "kept no session" not in daemon.log()
+    assert "does not promise to keep packet ids" not in daemon.log(), "mosquitto's MQTT 5 has QoS 2"
     assert daemon.status()["broker"]["sessions_lost"] == 0
     publisher = Publisher(persistent_mosquitto.port)
     try:
@@ -140,6 +142,40 @@ def test_rabbitmq_311_auto_delivers(rabbitmq, sink, make_daemon):
     status = daemon.status()
     assert status["broker"]["protocol"] == "3.1.1" and status_exit(daemon) == 0
     print(json.dumps(status["broker"]))
+
+
+def test_rabbitmq_reconnect_gives_no_two_messages_one_id(rabbitmq, sink, make_daemon):
+    """RabbitMQ numbers every connection's messages from 1 and resends under new packet ids, so a
+    packet id proves nothing there (MQTT 3.1.1 promises nothing about them): with every payload
+    the same, a resent copy matched by packet id could take another message's id and be dropped."""
+    daemon = make_daemon(rabbitmq, sink, mqtt={"client_id": "rabbit-reconnect"}).start()
+    print(wait_for_log(daemon, "does not promise to keep packet ids", 10))
+    publisher = Publisher(rabbitmq.port, topic="test/rabbit-on")
+    dropping = threading.Thread(target=rabbitmq.close_connections)  # rabbitmqctl takes a second or two
+
+    def drop_midstream(n):
+        if n == 0:
+            dropping.start()
+
+    try:
+        # Still flowing when the connections drop: RabbitMQ resends the unacked as 1, 2, ...
+        publisher.publish(900, rate=300, during=drop_midstream, payload='{"state": "ON"}')
+        accepted = len(publisher.accepted())
+    finally:
+        dropping.join()
+        publisher.close()
+    wait_for_log(daemon, "session present: yes", 30)
+    publisher = Publisher(rabbitmq.port, topic="test/rabbit-on")
+    try:
+        accepted += len(publisher.publish(300, payload='{"state": "ON"}').accepted())
+    finally:
+        publisher.close()
+
+    def ids():
+        return {m["id"] for m in sink.delivered() if m["topic"] == "test/rabbit-on"}
+
+    wait_until(lambda: len(ids()) >= accepted, 30, f"{accepted} messages under ids of their own")
+    print(f"{accepted} accepted, {len(ids())} ids at the API")
 
 
 def test_shared_subscription_scales_out_and_a_killed_instance_loses_nothing(tmp_path, mosquitto, sink, make_daemon,

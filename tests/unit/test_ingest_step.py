@@ -19,6 +19,8 @@ from mqttbuffer.workers.persister import Persister
 class FakeBroker:
     """Stands in for BrokerClient: the test calls the ingestor's callbacks as paho's thread would."""
 
+    keeps_packet_ids = True
+
     def __init__(self, mqtt_cfg, client_id, topics, stats, on_message, on_connected, on_disconnected):
         self.on_message, self.on_connected = on_message, on_connected
         self.acked = []
