@@ -43,7 +43,10 @@ proofs.
 """
 
 import collections
+import logging
 from typing import NamedTuple
+
+log = logging.getLogger(__name__)
 
 PROOF_WAIT = 1.0
 
@@ -87,10 +90,16 @@ class Redeliveries:
         self._waiting_by_topic = {}  # topic -> deque of its waiting Copy, as they came
         self._waiting_count = 0
         self.renumbered = False  # a broker that promised to keep packet ids did not: no more proofs
+        self._told_ids_not_kept = False
 
     def connected(self, session_present, keeps_packet_ids):
-        """A new connection; returns how many waiting copies it decided (all, with new ids)."""
-        ended = self.give_up()
+        """A new connection: waiting copies get new ids."""
+        self.give_up()
+        if not keeps_packet_ids and not self._told_ids_not_kept:
+            self._told_ids_not_kept = True
+            log.info("This broker does not promise to keep packet ids (MQTT 3.1.1, or MQTT 5 without QoS 2"
+                     " as RabbitMQ's): a message it resends after a reconnect gets a new id, so the API may"
+                     " receive it twice")
         proofs = session_present and keeps_packet_ids and self._keeps_ids and not self.renumbered
         self._keeps_ids = keeps_packet_ids
         self._previous = self._connection if proofs else None
@@ -98,7 +107,6 @@ class Redeliveries:
         self._acked_before, self._acked = (self._acked if proofs else {}), collections.OrderedDict()
         if not proofs:
             self._unacked.clear()
-        return ended
 
     def received(self, packet_id, topic, digest, dup, fields, now):
         """A QoS 1 message (``fields``: what the caller keeps with it): its id, or a Copy to hold
@@ -114,8 +122,9 @@ class Redeliveries:
                     self._prove(topic, earlier)
                 return self._take(packet_id, digest, order, earlier.id)
         if not dup:
-            self.give_up()
-            self._acked_before = {}  # the resends are over
+            if self._acked_before or self._waiting_count:  # the resends are over
+                self._acked_before = {}
+                self.give_up()
             return self._take(packet_id, digest, order, self._new_id())
         acked = self._acked_before.get(packet_id)
         if acked is not None and acked.digest == digest:
@@ -135,11 +144,10 @@ class Redeliveries:
                 self._acked.popitem(last=False)
 
     def expire(self, now):
-        """End every wait once the oldest got no proof within PROOF_WAIT; how many it decided."""
+        """End every wait once the oldest got no proof within PROOF_WAIT."""
         oldest = self._oldest()
         if oldest is not None and now - oldest.since >= PROOF_WAIT:
-            return self.give_up()
-        return 0
+            self.give_up()
 
     def release_oldest(self):
         """The oldest waiting copy gets a new id (the window is full behind it)."""
@@ -152,14 +160,12 @@ class Redeliveries:
         return self._waiting_count
 
     def give_up(self):
-        """End every wait (a disconnect, a shutdown): new ids; how many it decided."""
-        ended = self._waiting_count
+        """End every wait (a disconnect, a shutdown): new ids."""
         for copy in self._waiting:
             if copy.id is None:
                 self._decide(copy, None)
         self._waiting.clear()
         self._waiting_by_topic.clear()
-        return ended
 
     def _oldest(self):
         while self._waiting and self._waiting[0].id is not None:
@@ -168,6 +174,10 @@ class Redeliveries:
 
     def _no_proofs(self):
         """The broker gives packet ids anew: nothing on this connection keeps its id."""
+        if not self.renumbered:
+            log.warning("MQTT broker sent a message under the packet id of another one we never acked: it"
+                        " does not keep packet ids, though MQTT 5 with QoS 2 requires it; from now on"
+                        " messages it resends get new ids, so the API may receive them twice")
         self.renumbered = True
         self._previous = None
         self._unacked = {k: r for k, r in self._unacked.items() if r.connection == self._connection}
