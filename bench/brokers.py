@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 import yaml  # noqa: E402
-from load import Broker, join, new_client, publish, wait_for  # noqa: E402
+from load import Broker, join, msgs_per_second, new_client, publish, wait_for  # noqa: E402
 from results import replace_section  # noqa: E402
 from run import Daemon  # noqa: E402
 from sink import FastSink  # noqa: E402
@@ -153,14 +153,10 @@ def _plain_subscriber_msgs(port, count):
     client.loop_start()
     wait_for(client.is_connected, 10)
     time.sleep(1)  # the SUBACK
-    start = time.monotonic()
-    procs = publish(port, count, processes=2, topic="plain/data")
-    ok = wait_for(lambda: done[0] >= count, 300)
-    elapsed = time.monotonic() - start
-    join(procs)
+    rate = msgs_per_second(port, count, lambda: done[0], topic="plain/data")
     client.disconnect()
     client.loop_stop()
-    return count / elapsed if ok else 0.0
+    return rate
 
 
 def rabbitmq(workdir, sink, count=20000):
@@ -173,15 +169,10 @@ def rabbitmq(workdir, sink, count=20000):
         wait_for(lambda: connected(daemon), 30)
         time.sleep(0.5)  # the SUBACK
         sink.reset()
-        start = time.monotonic()
-        procs = publish(node.port, count, processes=2)
-        ok = wait_for(lambda: sink.numbers() >= count, 300)
-        elapsed = time.monotonic() - start
-        join(procs)
+        ours = msgs_per_second(node.port, count, sink.numbers)
         daemon.stop()
     finally:
         node.stop()
-    ours = count / elapsed if ok else 0.0
     return {"RabbitMQ plain paho subscriber msg/s": plain, "RabbitMQ mqttbuffer msg/s": ours,
             "RabbitMQ mqttbuffer / plain subscriber": ours / plain if plain else 0.0}
 

@@ -123,6 +123,17 @@ def join(procs):
         p.join()
 
 
+def msgs_per_second(port, count, arrived, processes=2, topic="bench/data", timeout=300):
+    """Publish ``count`` messages and wait until ``arrived()`` reaches it: msg/s from the first
+    publish, or 0.0 when it did not within ``timeout``."""
+    start = time.monotonic()
+    procs = publish(port, count, processes=processes, topic=topic)
+    ok = wait_for(lambda: arrived() >= count, timeout)
+    elapsed = time.monotonic() - start
+    join(procs)
+    return count / elapsed if ok else 0.0
+
+
 def tree(pid):
     try:
         root = psutil.Process(pid)

@@ -37,6 +37,7 @@ from load import (  # noqa: E402
     cpu_seconds,
     idle_tree_pss,
     join,
+    msgs_per_second,
     new_client,
     pss_bytes,
     publish,
@@ -96,14 +97,10 @@ def burst(workdir, sink, count):
     daemon = Daemon(workdir, broker, sink, **BUFFER)
     daemon.start()
     sink.reset()
-    start = time.monotonic()
-    procs = publish(broker.port, count, processes=2)
-    ok = wait_for(lambda: sink.distinct() >= count, 300)
-    elapsed = time.monotonic() - start
-    join(procs)
+    rate = msgs_per_second(broker.port, count, sink.distinct)
     daemon.stop()
     broker.stop()
-    return {"burst msg/s": count / elapsed if ok else 0.0}
+    return {"burst msg/s": rate}
 
 
 def _subscriber_throughput(workdir, client_id, handle, count, processes):
@@ -122,14 +119,10 @@ def _subscriber_throughput(workdir, client_id, handle, count, processes):
     client.loop_start()
     wait_for(lambda: client.is_connected(), 10)
     time.sleep(0.5)  # let the SUBACK arrive before publishing
-    start = time.monotonic()
-    procs = publish(broker.port, count, processes=processes)
-    ok = wait_for(lambda: done[0] >= count, 300)
-    elapsed = time.monotonic() - start
-    join(procs)
+    rate = msgs_per_second(broker.port, count, lambda: done[0], processes=processes)
     client.loop_stop()
     broker.stop()
-    return count / elapsed if ok else 0.0
+    return rate
 
 
 def intake_ceiling(workdir, count):
