@@ -268,12 +268,15 @@ class Daemon:
         return self
 
     def ready(self):
-        """Whether the status says every worker is alive and the broker granted every topic."""
+        """Whether the status says every worker is alive and the broker granted every topic, and
+        every worker already carries its process title (``worker_pid`` finds it by that: a worker
+        counts as alive from its fork, a moment before it sets the title)."""
         try:
             status = self.status()
         except (NotRunning, OSError, ValueError, ConfigError):
             return False
-        return status["broker"]["subscribed"] and all(w["alive"] for w in status["workers"].values())
+        return (status["broker"]["subscribed"] and all(w["alive"] for w in status["workers"].values())
+                and all(self.worker_pid(name) for name in status["workers"]))
 
     def log(self):
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
